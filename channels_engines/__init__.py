@@ -1,0 +1,48 @@
+"""A Django Channels channel layer with a pluggable ENGINE."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0.dev0"
+
+from .credentials import (
+    CredentialProvider,
+    Credentials,
+    CredentialsError,
+    register_credential_provider,
+)
+from .engine import BaseChannelEngine, EngineConfig, Requirement
+from .engines import EngineInfo, available_engines, register_engine
+from .exceptions import (
+    AlreadyRegisteredError,
+    ChannelLayerClosed,
+    EngineUnavailableError,
+    InvalidConfigError,
+    InvalidEngineError,
+)
+from .layer import EngineChannelLayer
+from .mailbox import Mailbox
+from .options import Option
+from .validation import non_local_name
+
+__all__ = [
+    "AlreadyRegisteredError",
+    "BaseChannelEngine",
+    "ChannelLayerClosed",
+    "CredentialProvider",
+    "Credentials",
+    "CredentialsError",
+    "EngineChannelLayer",
+    "EngineConfig",
+    "EngineInfo",
+    "EngineUnavailableError",
+    "InvalidConfigError",
+    "InvalidEngineError",
+    "Mailbox",
+    "Option",
+    "Requirement",
+    "__version__",
+    "available_engines",
+    "non_local_name",
+    "register_credential_provider",
+    "register_engine",
+]

@@ -1,0 +1,155 @@
+"""The contract an engine implements, and the settings it is given.
+
+An engine moves opaque bytes between channels. The layer in front of it
+(:class:`channels_engines.EngineChannelLayer`) has already validated names and messages,
+encoded the message, and enforced the size limit; it creates one engine instance per
+running event loop and closes it when that loop closes. State that must outlive a loop
+(buffers of messages already taken from a server, in-process data) belongs in the object
+returned by :meth:`BaseChannelEngine.create_shared`, which every instance of one layer in
+one process receives.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .options import Option
+from .validation import non_local_name
+
+__all__ = ["BaseChannelEngine", "EngineConfig", "Requirement"]
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """An importable module an engine needs, and how to install it."""
+
+    module: str
+    package: str
+    extra: str | None = None
+
+    def installed(self) -> bool:
+        try:
+            return importlib.util.find_spec(self.module) is not None
+        except (ImportError, ValueError):
+            return False
+
+    def install_hint(self) -> str:
+        if self.extra:
+            return f"pip install 'channels-engines[{self.extra}]'"
+        return f"pip install '{self.package}'"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything an engine is told about the layer it serves.
+
+    Times are in seconds. ``group_expiry`` is None when memberships never expire.
+    ``options`` holds the engine's own CONFIG keys, validated, with defaults filled in.
+    """
+
+    alias: str | None
+    engine: str
+    expiry: float
+    group_expiry: float | None
+    capacity: int
+    channel_capacity: Sequence[tuple[re.Pattern[str], int]] = ()
+    max_message_size: int = 2 * 1024 * 1024
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def capacity_for(self, channel: str) -> int:
+        """Capacity of ``channel``: the first matching pattern on its non-local part."""
+        name = non_local_name(channel)
+        for pattern, capacity in self.channel_capacity:
+            if pattern.match(name):
+                return capacity
+        return self.capacity
+
+    @property
+    def where(self) -> str:
+        """The setting this layer came from, for messages."""
+        return f"CHANNEL_LAYERS[{self.alias!r}]" if self.alias else "EngineChannelLayer"
+
+
+class BaseChannelEngine:
+    """Subclass this to write an engine; see "Writing an engine" in the documentation.
+
+    Required: :meth:`send`, :meth:`receive`. With the ``groups`` extension:
+    :meth:`group_add`, :meth:`group_discard`, :meth:`group_send`. With ``flush``:
+    :meth:`flush`. Names and messages arrive validated; messages are ``bytes``.
+    """
+
+    #: Name shown in listings and messages.
+    name: ClassVar[str] = ""
+    #: Version of the engine, shown by tooling.
+    version: ClassVar[str] = "0"
+    #: One sentence on what the engine is for.
+    description: ClassVar[str] = ""
+    #: Channel layer extensions provided: "groups", "flush".
+    extensions: ClassVar[tuple[str, ...]] = ()
+    #: Optional packages the engine imports; a missing one makes the engine unavailable.
+    requires: ClassVar[tuple[Requirement, ...]] = ()
+    #: The engine's own CONFIG keys (see :class:`channels_engines.Option`).
+    options: ClassVar[Mapping[str, Option]] = {}
+
+    def __init__(self, config: EngineConfig, shared: Any, *, client_id: str) -> None:
+        #: Settings of the layer, validated.
+        self.config = config
+        #: What :meth:`create_shared` returned for this layer in this process.
+        self.shared = shared
+        #: Random id of this layer in this process; process-specific channel names
+        #: made by :meth:`channels_engines.EngineChannelLayer.new_channel` end in
+        #: ``.<client_id>!<local part>``.
+        self.client_id = client_id
+
+    @classmethod
+    def create_shared(cls, config: EngineConfig) -> Any:
+        """Create state shared by this layer's engine instances across event loops."""
+        return None
+
+    @classmethod
+    def missing_requirements(cls) -> list[Requirement]:
+        """Declared requirements that are not installed."""
+        return [requirement for requirement in cls.requires if not requirement.installed()]
+
+    def owns(self, channel: str) -> bool:
+        """Whether ``channel`` is process-specific to this layer in this process."""
+        return non_local_name(channel).endswith(f".{self.client_id}!")
+
+    async def send(self, channel: str, message: bytes) -> None:
+        """Queue ``message`` on ``channel``; raise ``ChannelFull`` when it is at capacity."""
+        raise NotImplementedError(f"{type(self).__name__} must implement send()")
+
+    async def receive(self, channel: str) -> bytes:
+        """Wait for and return the next message on ``channel``.
+
+        Cancellation must not lose a message: one taken from the server but not returned
+        stays available to the next ``receive()``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement receive()")
+
+    async def group_add(self, group: str, channel: str) -> None:
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement group_add() (groups extension)"
+        )
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement group_discard() (groups extension)"
+        )
+
+    async def group_send(self, group: str, message: bytes) -> None:
+        """Send to every member; drop (never raise) for members at capacity."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement group_send() (groups extension)"
+        )
+
+    async def flush(self) -> None:
+        """Remove every message and group membership of this layer."""
+        raise NotImplementedError(f"{type(self).__name__} must implement flush() (flush extension)")
+
+    async def close(self) -> None:
+        """Release what this instance holds on its event loop (connections, tasks)."""

@@ -1,0 +1,37 @@
+"""Errors raised by channels_engines.
+
+Configuration errors subclass Channels' ``InvalidChannelLayerError`` so that code
+already catching it keeps working.
+"""
+
+from __future__ import annotations
+
+from channels.exceptions import InvalidChannelLayerError
+
+__all__ = [
+    "AlreadyRegisteredError",
+    "ChannelLayerClosed",
+    "EngineUnavailableError",
+    "InvalidConfigError",
+    "InvalidEngineError",
+]
+
+
+class InvalidEngineError(InvalidChannelLayerError):
+    """ENGINE does not name a usable engine class."""
+
+
+class EngineUnavailableError(InvalidEngineError):
+    """The engine exists but a package it needs is not installed."""
+
+
+class InvalidConfigError(InvalidChannelLayerError):
+    """A CONFIG key is unknown or has a value the layer cannot use."""
+
+
+class AlreadyRegisteredError(ValueError):
+    """A name is already registered to something else."""
+
+
+class ChannelLayerClosed(RuntimeError):
+    """The layer was closed on this event loop while the operation waited."""

@@ -1,0 +1,252 @@
+"""Name registries for engines and credential providers.
+
+A registry maps short names to classes, or to dotted paths imported on first use. A name
+that is not registered in code is looked up among the entry points other installed
+packages publish. A value containing a dot is imported as a dotted path. Duplicates are
+refused loudly, and a name that cannot be found is answered with the names that exist.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from django.utils.module_loading import import_string
+
+from .options import closest
+
+__all__ = ["Registry", "RegistryEntry"]
+
+T = TypeVar("T")
+
+_NAME = re.compile(r"[a-z][a-z0-9_]*", re.ASCII)
+_NAME_OR_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*", re.ASCII)
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """Where a registered name points, and who put it there."""
+
+    name: str
+    target: str
+    origin: str
+
+    def describe(self) -> str:
+        return f"{self.target} ({self.origin})"
+
+
+class Registry(Generic[T]):
+    """Short names for subclasses of ``base``, with entry points as a fallback.
+
+    ``error`` builds the exception raised when a value cannot be resolved; it receives the
+    message and is raised ``from`` the underlying cause, if any.
+    """
+
+    def __init__(
+        self,
+        *,
+        kind: str,
+        base: type[T],
+        entry_point_group: str,
+        setting: str,
+        error: Callable[[str], Exception],
+    ) -> None:
+        self.kind = kind
+        self.base = base
+        self.entry_point_group = entry_point_group
+        self.setting = setting
+        self._error = error
+        self._lock = threading.RLock()
+        self._entries: dict[str, RegistryEntry] = {}
+        self._loaded: dict[str, type[T]] = {}
+        self._entry_points: dict[str, list[importlib.metadata.EntryPoint]] | None = None
+
+    # Registration -----------------------------------------------------------------
+
+    def register(self, name: str, target: type[T] | str, *, origin: str = "code") -> None:
+        """Register ``name`` for a class or a dotted path; refuse a name already taken."""
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ValueError(
+                f"{self.kind} name {name!r} is not valid: use lower-case ASCII letters, "
+                "digits and underscores, starting with a letter."
+            )
+        if isinstance(target, str):
+            path = target
+        elif isinstance(target, type) and issubclass(target, self.base):
+            path = f"{target.__module__}.{target.__qualname__}"
+        else:
+            raise TypeError(
+                f"Cannot register {self.kind} {name!r}: {target!r} is neither a dotted "
+                f"path nor a subclass of {_qualname(self.base)}."
+            )
+        entry = RegistryEntry(name, path, origin)
+        with self._lock:
+            existing = self._entries.get(name)
+            if existing is not None:
+                from .exceptions import AlreadyRegisteredError
+
+                raise AlreadyRegisteredError(
+                    f"{self.kind} name {name!r} is already registered to "
+                    f"{existing.describe()}; refusing to register it again to "
+                    f"{entry.describe()}. Choose another name, or unregister the "
+                    "existing one first."
+                )
+            self._entries[name] = entry
+            if not isinstance(target, str):
+                self._loaded[name] = target
+
+    def unregister(self, name: str) -> None:
+        """Remove a name registered in code (mostly useful in tests)."""
+        with self._lock:
+            del self._entries[name]
+            self._loaded.pop(name, None)
+
+    # Lookup -----------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        """Every name that can be used: registered in code and published by packages."""
+        with self._lock:
+            return sorted(set(self._entries) | set(self._published()))
+
+    def entries(self) -> list[RegistryEntry]:
+        """One entry per usable name, with where it points."""
+        with self._lock:
+            found = dict(self._entries)
+            for name, points in self._published().items():
+                if name not in found:
+                    found[name] = _entry_point_entry(name, points[0])
+            return [found[name] for name in sorted(found)]
+
+    def load(self, value: Any, *, where: str) -> type[T]:
+        """Resolve a registered name, an entry-point name or a dotted path to a class."""
+        if isinstance(value, type):
+            return self._checked(value, value, where=where)
+        if not isinstance(value, str) or not value:
+            raise self._error(
+                f"{where}: {self.setting} must be a registered name or a dotted path, "
+                f"not {value!r}. Available {self.kind}s: {self._available()}."
+            )
+        with self._lock:
+            entry = self._entries.get(value)
+            published = self._published().get(value, [])
+            cached = self._loaded.get(value)
+        # Conflicts are checked before the cache: a class registered in code is cached at
+        # registration, and must not silently win over a package publishing the same name.
+        if entry is not None and published:
+            raise self._conflict(
+                value, [entry, *[_entry_point_entry(value, ep) for ep in published]], where
+            )
+        if len(published) > 1:
+            raise self._conflict(value, [_entry_point_entry(value, ep) for ep in published], where)
+        if cached is not None:
+            return cached
+        if entry is not None:
+            cls = self._import(entry.target, value, where)
+        elif published:
+            cls = self._load_entry_point(published[0], value, where)
+        elif not _NAME_OR_PATH.fullmatch(value):
+            # Not shown: a value of this shape may be a password put in the wrong place.
+            raise self._error(
+                f"{where}: {self.setting} is neither a registered name nor a dotted path (the "
+                f"value is not shown). Available {self.kind}s: {self._available()}."
+            )
+        elif "." in value:
+            cls = self._import(value, value, where)
+        else:
+            hint = closest(value, self.names())
+            suggestion = f" Did you mean {hint!r}?" if hint else ""
+            raise self._error(
+                f"{where}: unknown {self.setting} {value!r}.{suggestion} "
+                f"Available {self.kind}s: {self._available()}. {self.setting} takes a "
+                f"registered name or the dotted path of a {_qualname(self.base)} subclass."
+            )
+        checked = self._checked(cls, value, where=where)
+        if entry is not None or published:
+            with self._lock:
+                self._loaded[value] = checked
+        return checked
+
+    # Helpers ----------------------------------------------------------------------
+
+    def _published(self) -> dict[str, list[importlib.metadata.EntryPoint]]:
+        if self._entry_points is None:
+            found: dict[str, list[importlib.metadata.EntryPoint]] = {}
+            for point in importlib.metadata.entry_points(group=self.entry_point_group):
+                found.setdefault(point.name, [])
+                if all(point.value != seen.value for seen in found[point.name]):
+                    found[point.name].append(point)
+            self._entry_points = found
+        return self._entry_points
+
+    def refresh_entry_points(self) -> None:
+        """Forget cached entry points, e.g. after installing a package at run time."""
+        with self._lock:
+            self._entry_points = None
+            for name in list(self._loaded):
+                if name not in self._entries:
+                    del self._loaded[name]
+
+    def _available(self) -> str:
+        return ", ".join(repr(name) for name in self.names()) or "none"
+
+    def _import(self, path: str, value: str, where: str) -> Any:
+        try:
+            return import_string(path)
+        except ImportError as exc:
+            shown = repr(value) if value == path else f"{value!r} (registered as {path})"
+            raise self._error(
+                f"{where}: cannot import {self.setting} {shown}: {exc}. "
+                f"Available {self.kind}s: {self._available()}."
+            ) from exc
+
+    def _load_entry_point(
+        self, point: importlib.metadata.EntryPoint, value: str, where: str
+    ) -> Any:
+        try:
+            return point.load()
+        except Exception as exc:
+            raise self._error(
+                f"{where}: cannot load {self.setting} {value!r} from the entry point "
+                f"{point.value!r} published by {_distribution(point)}: {exc}. Available "
+                f"{self.kind}s: {self._available()}."
+            ) from exc
+
+    def _checked(self, cls: Any, value: Any, *, where: str) -> type[T]:
+        if not (isinstance(cls, type) and issubclass(cls, self.base)):
+            raise self._error(
+                f"{where}: {self.setting} {value!r} resolves to {cls!r}, which is not a "
+                f"subclass of {_qualname(self.base)}."
+            )
+        return cls
+
+    def _conflict(self, name: str, entries: list[RegistryEntry], where: str) -> Exception:
+        listed = "; ".join(entry.describe() for entry in entries)
+        return self._error(
+            f"{where}: {self.setting} {name!r} is ambiguous: the {self.kind} name is "
+            f"registered more than once ({listed}). Uninstall one of the packages or use a "
+            "dotted path."
+        )
+
+
+def _entry_point_entry(name: str, point: importlib.metadata.EntryPoint) -> RegistryEntry:
+    return RegistryEntry(
+        name, point.value.replace(":", "."), f"entry point of {_distribution(point)}"
+    )
+
+
+def _distribution(point: importlib.metadata.EntryPoint) -> str:
+    dist = getattr(point, "dist", None)
+    if dist is None:
+        return "an installed package"
+    return f"{dist.metadata['Name']} {dist.version}"
+
+
+def _qualname(cls: type) -> str:
+    module = cls.__module__
+    if module.startswith("channels_engines."):
+        module = "channels_engines"
+    return f"{module}.{cls.__qualname__}"
