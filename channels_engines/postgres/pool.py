@@ -1,0 +1,261 @@
+"""A small bounded connection pool with no background tasks.
+
+Connections are opened by the task that needs one, checked only when they have been idle
+for a while, and closed by whoever finds them unusable. Nothing runs in the background, so
+nothing is left behind when ``asyncio.run`` or ``async_to_sync`` ends its event loop: the
+workers of psycopg_pool's async pool catch cancellation while connecting and can keep such
+a loop from ever finishing its shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import select
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
+
+__all__ = ["ConnectionPool", "PoolClosed", "PoolTimeout"]
+
+logger = logging.getLogger("channels_engines.postgres")
+
+Connection = AsyncConnection[tuple[Any, ...]]
+Connect = Callable[[], Awaitable[Connection]]
+
+
+class PoolTimeout(psycopg.OperationalError):
+    """No connection could be had within the pool timeout."""
+
+
+class PoolClosed(psycopg.OperationalError):
+    """The pool was closed."""
+
+
+@dataclass
+class _Entry:
+    conn: Connection
+    generation: int
+    expires_at: float
+    returned_at: float = field(default_factory=time.monotonic)
+
+
+class ConnectionPool:
+    """At most ``max_size`` autocommit connections, opened on demand.
+
+    ``check_after``: an idle connection older than this is checked with ``SELECT 1``
+    before use (the server may have ended it, e.g. through idle_session_timeout).
+    ``max_idle``: idle connections beyond ``min_size`` are closed after this long.
+    ``max_lifetime``: connections are replaced after about this long (±10 %).
+    """
+
+    def __init__(
+        self,
+        connect: Connect,
+        *,
+        min_size: int,
+        max_size: int,
+        timeout: float,
+        check_after: float,
+        max_idle: float = 600.0,
+        max_lifetime: float = 3600.0,
+        describe: str = "",
+    ) -> None:
+        self._connect = connect
+        self._min_size = min_size
+        self._max_size = max_size
+        self._timeout = timeout
+        self._check_after = check_after
+        self._max_idle = max_idle
+        self._max_lifetime = max_lifetime
+        self._describe = describe
+        self._idle: list[_Entry] = []
+        self._size = 0
+        self._waiters: list[asyncio.Future[None]] = []
+        self._generation = 0
+        self._closed = False
+        #: Counters for tests and future metrics.
+        self.stats = {"connections_opened": 0, "connection_errors": 0, "timeouts": 0}
+
+    @property
+    def size(self) -> int:
+        """Connections open or being opened."""
+        return self._size
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        entry = await self._acquire()
+        try:
+            yield entry.conn
+        finally:
+            await self._release(entry)
+
+    async def drain(self) -> None:
+        """Replace every connection: idle ones now, those in use when returned."""
+        self._generation += 1
+        idle, self._idle = self._idle, []
+        for entry in idle:
+            await self._discard(entry)
+
+    async def close(self) -> None:
+        """Close idle connections now and those in use when returned; refuse new work."""
+        self._closed = True
+        await self.drain()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def expire_idle(self) -> None:
+        """Close connections idle longer than ``max_idle``, keeping ``min_size``."""
+        now = time.monotonic()
+        keep: list[_Entry] = []
+        stale: list[_Entry] = []
+        for entry in reversed(self._idle):  # most recently used first
+            if len(keep) < self._min_size or now - entry.returned_at < self._max_idle:
+                keep.append(entry)
+            else:
+                stale.append(entry)
+        self._idle = list(reversed(keep))
+        for entry in stale:
+            await self._discard(entry)
+
+    # Internals ---------------------------------------------------------------------
+
+    async def _acquire(self) -> _Entry:
+        deadline = time.monotonic() + self._timeout
+        while True:
+            if self._closed:
+                raise PoolClosed("the channel layer's connection pool is closed")
+            entry = await self._take_idle()
+            if entry is not None:
+                return entry
+            if self._size < self._max_size:
+                self._size += 1
+                try:
+                    conn = await self._open(deadline)
+                except BaseException:
+                    self._size -= 1
+                    self._wake_one()
+                    raise
+                lifetime = self._max_lifetime * random.uniform(0.9, 1.1)  # noqa: S311
+                return _Entry(conn, self._generation, time.monotonic() + lifetime)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.stats["timeouts"] += 1
+                raise PoolTimeout(
+                    f"no connection to {self._describe} became free within "
+                    f"{self._timeout:g} s ({self._size} in use, {len(self._waiters)} waiting); "
+                    "raise CONFIG['pool_max_size'] or CONFIG['pool_timeout']."
+                )
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except asyncio.TimeoutError:
+                pass
+            except BaseException:
+                # A wake-up this caller cannot use goes to the next one.
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()
+                raise
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+
+    async def _take_idle(self) -> _Entry | None:
+        now = time.monotonic()
+        while self._idle:
+            entry = self._idle.pop()
+            if (
+                entry.generation != self._generation
+                or now >= entry.expires_at
+                or entry.conn.closed
+                or _has_input(entry.conn)
+            ):
+                await self._discard(entry)
+                continue
+            if now - entry.returned_at > self._check_after:
+                try:
+                    await asyncio.wait_for(entry.conn.execute("SELECT 1"), self._timeout)
+                except Exception:
+                    await self._discard(entry)
+                    continue
+            return entry
+        return None
+
+    async def _open(self, deadline: float) -> Connection:
+        """Connect, retrying with back-off until ``deadline`` (the server may be restarting)."""
+        delay = 0.05
+        while True:
+            try:
+                conn = await self._connect()
+            except Exception as exc:
+                self.stats["connection_errors"] += 1
+                remaining = deadline - time.monotonic()
+                if remaining <= delay or not _retryable(exc):
+                    raise
+                logger.debug("Connecting to %s failed (%s); retrying.", self._describe, exc)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311
+                delay = min(delay * 2, 1.0)
+                continue
+            self.stats["connections_opened"] += 1
+            return conn
+
+    async def _release(self, entry: _Entry) -> None:
+        conn = entry.conn
+        reusable = (
+            not self._closed
+            and not conn.closed
+            and entry.generation == self._generation
+            and conn.info.transaction_status == TransactionStatus.IDLE
+        )
+        if reusable:
+            entry.returned_at = time.monotonic()
+            self._idle.append(entry)
+        else:
+            # A caller cancelled mid-statement, a broken connection, or a drain: the
+            # connection's state is unknown or unwanted, so it goes.
+            await self._discard(entry)
+        self._wake_one()
+
+    async def _discard(self, entry: _Entry) -> None:
+        self._size -= 1
+        with contextlib.suppress(Exception):
+            await entry.conn.close()
+
+    def _wake_one(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
+def _has_input(conn: Connection) -> bool:
+    """Whether the server sent something to an idle connection.
+
+    Nothing is expected between statements, so input means the session ended (a restart,
+    pg_terminate_backend, idle_session_timeout: an error message and end of file) or
+    something unusual happened; either way the connection is replaced. One non-blocking
+    poll, no round trip.
+    """
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+def _retryable(exc: Exception) -> bool:
+    """Connection failures worth retrying: the server is unreachable or restarting, not
+    refusing the login (retrying a wrong password only adds failed logins)."""
+    from .connection import login_refused
+
+    return isinstance(exc, psycopg.OperationalError) and not login_refused(exc)
