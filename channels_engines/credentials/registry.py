@@ -1,0 +1,103 @@
+"""The credential provider registry, and turning a CONFIG value into a provider.
+
+Other packages publish providers in the entry-point group ``channels_engines.credentials``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..exceptions import InvalidConfigError
+from ..options import Option, validate_options
+from ..redaction import HiddenValues
+from ..registry import Registry
+from .base import CredentialProvider
+
+__all__ = [
+    "CREDENTIALS_OPTION",
+    "credential_providers",
+    "register_credential_provider",
+    "resolve_provider",
+]
+
+credential_providers: Registry[CredentialProvider] = Registry(
+    kind="credential provider",
+    base=CredentialProvider,
+    entry_point_group="channels_engines.credentials",
+    setting="CONFIG['credentials']",
+    error=InvalidConfigError,
+)
+for _name, _path in {
+    "static": "channels_engines.credentials.builtin.StaticProvider",
+    "env": "channels_engines.credentials.builtin.EnvProvider",
+    "file": "channels_engines.credentials.builtin.FileProvider",
+    "django": "channels_engines.credentials.builtin.DjangoProvider",
+    "callable": "channels_engines.credentials.builtin.CallableProvider",
+    "aws_rds_iam": "channels_engines.credentials.aws.AwsRdsIamProvider",
+    "vault": "channels_engines.credentials.vault.VaultProvider",
+}.items():
+    credential_providers.register(_name, _path, origin="built in")
+
+
+#: The ``credentials`` CONFIG key, for engines that log in somewhere. Secret: a dict of
+#: options may hold a token.
+CREDENTIALS_OPTION = Option(
+    (str, dict, type, CredentialProvider),
+    None,
+    "Credential provider asked for the login of every new connection: a registered name, "
+    "a dotted path, a CredentialProvider instance, or {'provider': NAME, **options}. "
+    "None: the login in 'dsn'/'connection' or the DATABASES alias.",
+    nullable=True,
+    secret=True,
+    describe_as="a provider name, a dotted path, a CredentialProvider (class or instance) "
+    "or a dict with 'provider'",
+)
+
+
+def register_credential_provider(name: str, provider: type[CredentialProvider] | str) -> None:
+    """Make ``"credentials": name`` select ``provider`` (a class or its dotted path)."""
+    credential_providers.register(name, provider)
+
+
+def resolve_provider(value: Any, *, where: str) -> CredentialProvider:
+    """A provider from CONFIG['credentials']: a name, a dotted path, an instance, or a
+    dict ``{"provider": name, **options}``."""
+    if isinstance(value, CredentialProvider):
+        return value
+    # Hidden in reprs (tracebacks showing local variables): options may hold a token.
+    options = HiddenValues()
+    if isinstance(value, Mapping):
+        options = HiddenValues(value)
+        if "provider" not in options:
+            raise InvalidConfigError(
+                f"{where}: CONFIG['credentials'] is a dict without 'provider'. Write "
+                "{'provider': NAME, ...options}; available credential providers: "
+                f"{', '.join(repr(name) for name in credential_providers.names())}."
+            )
+        value = options.pop("provider")
+    elif not isinstance(value, (str, type)):
+        raise InvalidConfigError(
+            f"{where}: CONFIG['credentials'] must be a provider name, a dotted path, a "
+            f"CredentialProvider instance or a dict with 'provider', not {type(value).__name__}."
+        )
+    cls = credential_providers.load(value, where=where)
+    name = value if isinstance(value, str) else cls.__qualname__
+    missing = [requirement for requirement in cls.requires if not requirement.installed()]
+    if missing:
+        hints = " and ".join(dict.fromkeys(requirement.install_hint() for requirement in missing))
+        raise InvalidConfigError(
+            f"{where}: the credential provider {name!r} needs "
+            f"{', '.join(requirement.package for requirement in missing)}, which is not "
+            f"installed. Install it with: {hints}"
+        )
+    validated = validate_options(
+        options,
+        cls.options,
+        where=f"{where}: CONFIG['credentials']",
+        owner=f"the credential provider {name!r}",
+    )
+    try:
+        return cls(**validated)
+    except ValueError as exc:
+        raise InvalidConfigError(f"{where}: credential provider {name!r}: {exc}") from exc
