@@ -1,0 +1,1 @@
+"""A custom Django database backend for the tests (ENGINE "tests.pg_backend")."""

@@ -1,0 +1,142 @@
+"""Tables of the PostgreSQL engine: the Django migration, the SQL script, least privileges."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import subprocess
+import sys
+import uuid
+
+import psycopg
+import pytest
+from django.core.management import call_command
+from django.db import connection
+
+from channels_engines import EngineChannelLayer, InvalidConfigError
+from channels_engines.postgres.schema import Tables
+
+pytestmark = pytest.mark.postgres
+
+DSN = os.environ["CHANNELS_ENGINES_TEST_DSN"]
+initial = importlib.import_module("channels_engines.migrations.0001_initial")
+
+
+def _tables_exist(prefix: str = "channels_engines_") -> bool:
+    with psycopg.connect(DSN) as conn:
+        row = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL",
+            [f"{prefix}message", f"{prefix}group_member"],
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def test_migration_sql_is_what_the_engine_creates() -> None:
+    expected = [
+        s.as_string(None) for s in Tables(None, "channels_engines_", True).create_statements()
+    ]
+    assert expected == list(initial.CREATE)
+
+
+def test_migrate_creates_and_unapplies_the_tables() -> None:
+    call_command("migrate", "channels_engines", verbosity=0)
+    call_command("migrate", "channels_engines", "zero", verbosity=0)
+    assert not _tables_exist()
+    call_command("migrate", "channels_engines", verbosity=0)
+    assert _tables_exist()
+
+
+def test_sqlmigrate_prints_the_statements(capsys: pytest.CaptureFixture[str]) -> None:
+    call_command("sqlmigrate", "channels_engines", "0001")
+    printed = capsys.readouterr().out
+    assert 'CREATE UNLOGGED TABLE IF NOT EXISTS "channels_engines_message"' in printed
+    assert connection.vendor == "postgresql"
+
+
+def test_schema_command_prints_ddl_and_grants() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "channels_engines.postgres",
+            "schema",
+            "--schema",
+            "layer",
+            "--table-prefix",
+            "chat_",
+            "--logged",
+            "--grant",
+            "app",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert 'CREATE TABLE IF NOT EXISTS "layer"."chat_message"' in result.stdout
+    assert "UNLOGGED" not in result.stdout
+    assert (
+        'GRANT SELECT, INSERT, UPDATE, DELETE ON "layer"."chat_message", '
+        '"layer"."chat_group_member" TO "app";' in result.stdout
+    )
+    assert 'GRANT USAGE ON SEQUENCE "layer"."chat_message_id_seq" TO "app";' in result.stdout
+
+
+def test_runtime_role_with_only_the_documented_grants_runs_everything() -> None:
+    """DML on the two tables and the sequence is all a runtime role needs (no DDL)."""
+    role = f"ce_app_{uuid.uuid4().hex[:8]}"
+    prefix = f"lp{uuid.uuid4().hex[:6]}_"
+    tables = Tables(None, prefix, True)
+    with psycopg.connect(DSN, autocommit=True) as admin:
+        for statement in tables.create_statements():
+            admin.execute(statement)
+        admin.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD 'pw'")
+        dbname = admin.info.dbname
+        admin.execute(f'GRANT CONNECT ON DATABASE "{dbname}" TO "{role}"')
+        admin.execute(tables.grant_script(role))
+        admin.execute(f'REVOKE CREATE ON SCHEMA public FROM "{role}"')
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(DSN)
+        layer = EngineChannelLayer(
+            ENGINE="postgres",
+            connection={**params, "user": role, "password": "pw"},
+            table_prefix=prefix,
+            create_tables=False,
+        )
+
+        async def scenario() -> None:
+            channel = await layer.new_channel()
+            await layer.group_add("room", channel)
+            await layer.send(channel, {"type": "direct"})
+            await layer.group_send("room", {"type": "group"})
+            assert await layer.receive(channel) == {"type": "direct"}
+            assert await layer.receive(channel) == {"type": "group"}
+            await layer.group_discard("room", channel)
+            await layer.flush()
+            await layer.close()
+
+        asyncio.run(scenario())
+    finally:
+        with psycopg.connect(DSN, autocommit=True) as admin:
+            admin.execute(f'DROP TABLE IF EXISTS "{prefix}message", "{prefix}group_member"')
+            admin.execute(f'DROP OWNED BY "{role}"')
+            admin.execute(f'DROP ROLE "{role}"')
+
+
+def test_missing_tables_without_create_tables_is_a_clear_error() -> None:
+    prefix = f"none{uuid.uuid4().hex[:6]}_"
+    layer = EngineChannelLayer(ENGINE="postgres", dsn=DSN, table_prefix=prefix, create_tables=False)
+
+    async def scenario() -> None:
+        try:
+            await layer.send("anything", {"type": "x"})
+        finally:
+            await layer.close()
+
+    with pytest.raises(InvalidConfigError) as raised:
+        asyncio.run(scenario())
+    assert str(raised.value) == (
+        f'EngineChannelLayer: the tables "{prefix}message" and "{prefix}group_member" do not '
+        "exist and CONFIG['create_tables'] is False. Run `manage.py migrate channels_engines`, "
+        "or apply the SQL from `python -m channels_engines.postgres schema`."
+    )
