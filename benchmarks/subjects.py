@@ -1,0 +1,122 @@
+"""The subjects: each a plain dict a worker can rebuild its layer from.
+
+`ours()` is the single place that says how channels_engines is configured; the harness
+reports it as "unavailable: <error>" until the package imports and works.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.config import Servers
+
+Payload = dict[str, Any]
+
+OURS = "channels_engines"
+#: Key prefix of the channels_redis layers, so cleaning never touches other keys.
+REDIS_PREFIX = "benchce"
+#: The spec's usual capacity (100 per channel, shared by all "!" channels of a process)
+#: would turn throughput runs into drop tests: group messages over capacity are silently
+#: discarded. Every layer that enforces a capacity gets this one; the others have none.
+CAPACITY = 100_000
+
+
+def ours(servers: Servers) -> Payload:
+    """channels_engines with its default PostgreSQL engine."""
+    layer = {
+        "BACKEND": "channels_engines.EngineChannelLayer",
+        "CONFIG": {"ENGINE": "postgres", "dsn": servers.dsn, "capacity": CAPACITY},
+    }
+    return _django(OURS, "postgres", layer, servers, apps=["channels_engines"],
+                   migrate=[("channels_engines", "default")],
+                   about=f"ours: EngineChannelLayer, ENGINE=postgres (capacity={CAPACITY})")
+
+
+def channels_postgres(servers: Servers) -> Payload:
+    """channels_postgres 1.1.4: DATABASES alias plus the same values in CONFIG.
+
+    CONFIG is handed to a raw Django DatabaseWrapper, which skips the defaults Django fills
+    into DATABASES entries; without TIME_ZONE it raises KeyError, which Channels' manager
+    turns into "no layer". Its pool keeps the package default (4 connections).
+    """
+    config = {**_db(servers), "TIME_ZONE": None, "OPTIONS": {}}
+    layer = {"BACKEND": "channels_postgres.core.PostgresChannelLayer", "CONFIG": config}
+    return _django("channels_postgres", "postgres", layer, servers, apps=["channels_postgres"],
+                   migrate=[("channels_postgres", "channels_postgres")],
+                   extra_db="channels_postgres",
+                   about="channels_postgres.core.PostgresChannelLayer (default pool)")
+
+
+def redis_core(servers: Servers) -> Payload:
+    """channels_redis' sorted-set layer.
+
+    redis-py 8 made socket_timeout default to 5 s, so an idle receive() (a 5 s BZPOPMIN)
+    raises TimeoutError every 5 s (django/channels_redis#422); the documented workaround,
+    an explicit socket_timeout=None in the host dict, is applied.
+    """
+    host = {"address": servers.redis_url, "socket_timeout": None}
+    layer = {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [host], "prefix": REDIS_PREFIX, "capacity": CAPACITY},
+    }
+    return _django("redis_core", "redis", layer, servers,
+                   about=f"channels_redis.core.RedisChannelLayer (capacity={CAPACITY}, "
+                         "socket_timeout=None for redis-py 8, see channels_redis#422)")
+
+
+def redis_pubsub(servers: Servers) -> Payload:
+    """channels_redis' pub/sub layer."""
+    layer = {
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [servers.redis_url], "prefix": REDIS_PREFIX},
+    }
+    return _django("redis_pubsub", "redis", layer, servers,
+                   about="channels_redis.pubsub.RedisPubSubChannelLayer")
+
+
+def raw_pg(servers: Servers) -> Payload:
+    """Floor: psycopg LISTEN/NOTIFY, payload inline."""
+    return {"name": "raw_pg", "kind": "raw_pg", "server": "postgres", "dsn": servers.dsn,
+            "about": "floor: psycopg async LISTEN + awaited SELECT pg_notify, no table"}
+
+
+def raw_redis(servers: Servers) -> Payload:
+    """Floor: redis.asyncio PUBLISH/SUBSCRIBE."""
+    return {"name": "raw_redis", "kind": "raw_redis", "server": "redis",
+            "redis_url": servers.redis_url,
+            "about": "floor: redis.asyncio PUBLISH / SUBSCRIBE"}
+
+
+def all_subjects(servers: Servers) -> list[Payload]:
+    """Every subject, ours first."""
+    builders = (ours, channels_postgres, redis_core, redis_pubsub, raw_pg, raw_redis)
+    return [build(servers) for build in builders]
+
+
+def _db(servers: Servers) -> Payload:
+    pg = servers.pg
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": pg.get("dbname", ""),
+        "USER": pg.get("user", ""),
+        "PASSWORD": pg.get("password", ""),
+        "HOST": pg.get("host", ""),
+        "PORT": pg.get("port", ""),
+    }
+
+
+def _django(name: str, server: str, layer: Payload, servers: Servers, *, about: str,
+            apps: list[str] | None = None, migrate: list[tuple[str, str]] | None = None,
+            extra_db: str | None = None) -> Payload:
+    databases = {"default": _db(servers)}
+    if extra_db:
+        databases[extra_db] = _db(servers)
+    settings = {
+        "INSTALLED_APPS": apps or [],
+        "DATABASES": databases,
+        "CHANNEL_LAYERS": {"default": layer},
+        "USE_TZ": True,
+        "SECRET_KEY": "benchmarks-only",
+    }
+    return {"name": name, "kind": "django", "server": server, "settings": settings,
+            "migrate": migrate or [], "about": about}
