@@ -492,6 +492,50 @@ def test_the_heartbeat_timeout_itself_abandons_a_hung_listener_connection(
         run(scenario())
 
 
+def test_a_checkout_cancelled_during_the_health_check_closes_its_connection(
+    restartable: EmbeddedPostgres,
+) -> None:
+    """The idle connection under check is out of the pool: cancelling the caller must
+    close it and free its slot, not drop it still open."""
+    from channels_engines.postgres.pool import ConnectionPool
+
+    dsn = restartable.dsn()
+
+    async def scenario() -> None:
+        pool = ConnectionPool(
+            lambda: psycopg.AsyncConnection.connect(dsn, autocommit=True),
+            min_size=0,
+            max_size=2,
+            timeout=30.0,
+            check_after=0.0,
+        )
+        async with pool.connection() as conn:
+            pid = conn.info.backend_pid
+        checked = conn
+        await asyncio.to_thread(_stop_backend, pid)
+        try:
+
+            async def checkout() -> None:
+                async with pool.connection():
+                    raise AssertionError("the checked connection cannot have answered")
+
+            caller = asyncio.ensure_future(checkout())
+            await await_for(lambda: not pool._idle, "the health check to start")
+            caller.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await caller
+            assert checked.closed
+            assert pool.size == 0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        async with pool.connection() as conn:  # the slot is usable again
+            assert (await (await conn.execute("SELECT 1")).fetchone()) == (1,)
+        await pool.close()
+        assert pool.size == 0
+
+    run(scenario())
+
+
 # 7. idle_session_timeout --------------------------------------------------------------
 
 

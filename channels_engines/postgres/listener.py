@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import psycopg
 
+from .connection import answers_within
+
 __all__ = ["Listener", "ListenerUnavailable"]
 
 logger = logging.getLogger("channels_engines.postgres")
@@ -258,22 +260,11 @@ class Listener:
             await self._heartbeat_once(conn)
 
     async def _heartbeat_once(self, conn: Connection) -> None:
-        probe = asyncio.ensure_future(conn.execute("SELECT 1"))
-        done, _ = await asyncio.wait({probe}, timeout=self._heartbeat_timeout)
-        if done:
-            probe.result()
-            return
-        # No answer: abandon the connection at once. Cancelling the query would make
-        # psycopg ask the server to cancel it and wait for that too, and a hung server or
-        # a proxy that stopped forwarding answers neither.
-        conn.pgconn.finish()
-        probe.cancel()
-        with contextlib.suppress(BaseException):
-            await probe
-        raise TimeoutError(
-            f"the server did not answer the listener's heartbeat within "
-            f"{self._heartbeat_timeout:g} s"
-        )
+        if not await answers_within(conn, self._heartbeat_timeout):
+            raise TimeoutError(
+                f"the server did not answer the listener's heartbeat within "
+                f"{self._heartbeat_timeout:g} s"
+            )
 
     async def _replace(self) -> None:
         """Make-before-break: the new connection LISTENs before the old one closes."""

@@ -23,6 +23,8 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 
+from .connection import answers_within
+
 __all__ = ["ConnectionPool", "PoolClosed", "PoolTimeout"]
 
 logger = logging.getLogger("channels_engines.postgres")
@@ -184,8 +186,15 @@ class ConnectionPool:
                 continue
             if now - entry.returned_at > self._check_after:
                 try:
-                    await asyncio.wait_for(entry.conn.execute("SELECT 1"), self._timeout)
-                except Exception:
+                    healthy = await answers_within(entry.conn, self._timeout)
+                except BaseException as exc:
+                    # The entry is out of the idle list: whatever ended the check (a
+                    # failure, or the caller being cancelled), it is closed, not lost.
+                    await self._discard(entry)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                if not healthy:
                     await self._discard(entry)
                     continue
             return entry
@@ -228,8 +237,12 @@ class ConnectionPool:
 
     async def _discard(self, entry: _Entry) -> None:
         self._size -= 1
-        with contextlib.suppress(Exception):
-            await entry.conn.close()
+        try:
+            with contextlib.suppress(Exception):
+                await entry.conn.close()
+        finally:
+            if not entry.conn.closed:  # close() was cancelled: end the session anyway
+                entry.conn.pgconn.finish()
 
     def _wake_one(self) -> None:
         for waiter in self._waiters:
