@@ -118,10 +118,11 @@ def tests(session: nox.Session, django: str, channels: str) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Lint with ruff (format checking stays off until the code base is formatted once)."""
+    """Lint with ruff and check that the code is formatted."""
     _install(session, "--group", "lint")
     paths = [path for path in LINT_PATHS if (ROOT / path).exists()]
     session.run("ruff", "check", *paths, *session.posargs)
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session

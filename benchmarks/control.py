@@ -169,8 +169,9 @@ class SyncLink(_LinkBase):
 class Worker:
     """Orchestrator end: one spawned worker process and its pipe."""
 
-    def __init__(self, role: str, subject: Payload, params: Payload, label: str,
-                 log_dir: str) -> None:
+    def __init__(
+        self, role: str, subject: Payload, params: Payload, label: str, log_dir: str
+    ) -> None:
         from benchmarks import worker  # imported here so workers never import the CLI
 
         ctx = multiprocessing.get_context("spawn")
@@ -179,7 +180,9 @@ class Worker:
         self._conn, child_conn = ctx.Pipe(duplex=True)
         self._mail: dict[str, deque[Payload]] = defaultdict(deque)
         self.process = ctx.Process(
-            target=worker.main, name=label, daemon=True,
+            target=worker.main,
+            name=label,
+            daemon=True,
             args=(role, subject, params, child_conn, f"{log_dir}/{label.replace('/', '.')}.log"),
         )
         self.process.start()
@@ -222,8 +225,9 @@ class Worker:
                 os.kill(self.pid, sig)
         time.sleep(0.2)
 
-    def expect_while_progressing(self, kind: str, watch: str, stall_s: float,
-                                 limit_s: float) -> Payload | None:
+    def expect_while_progressing(
+        self, kind: str, watch: str, stall_s: float, limit_s: float
+    ) -> Payload | None:
         """Wait for `kind` as long as the worker's `watch` counter keeps moving.
 
         Returns None once the counter has not changed for `stall_s` seconds (or after

@@ -15,9 +15,21 @@ from pathlib import Path
 import psutil
 
 _REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("channels-engines", "Django", "channels", "channels-postgres", "channels-redis",
-            "redis", "hiredis", "psycopg", "psycopg-binary", "psycopg-pool", "msgpack",
-            "asgiref", "psutil")
+PACKAGES = (
+    "channels-engines",
+    "Django",
+    "channels",
+    "channels-postgres",
+    "channels-redis",
+    "redis",
+    "hiredis",
+    "psycopg",
+    "psycopg-binary",
+    "psycopg-pool",
+    "msgpack",
+    "asgiref",
+    "psutil",
+)
 
 
 def command_line() -> str:
@@ -30,23 +42,22 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def header(servers: dict[str, str], mode: str, repeat: int,
-           load_at_start: float) -> dict[str, str]:
+def header(servers: dict[str, str], mode: str, repeat: int, load_at_start: float) -> dict[str, str]:
     """Ordered facts for the top of the report."""
     return {
         "Command": f"`{command_line()}`",
         "Date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "Machine": f"{os.cpu_count()} cores ({_cpu_model()}), "
-                   f"{psutil.virtual_memory().total / 2**30:.1f} GiB RAM, {platform.platform()}",
+        f"{psutil.virtual_memory().total / 2**30:.1f} GiB RAM, {platform.platform()}",
         "Load average (1 min)": f"{load_at_start:.2f} at start, {load_average():.2f} at end "
-                                f"(on {os.cpu_count()} cores)",
+        f"(on {os.cpu_count()} cores)",
         "Servers": f"PostgreSQL {servers['postgresql']}, Redis {servers['redis']} (both local, "
-                   "loopback TCP)",
+        "loopback TCP)",
         "Python": platform.python_version(),
         "Packages": ", ".join(f"{name} {version}" for name, version in package_versions().items()),
         "Method": f"{mode} sizes, {repeat} repetition(s) interleaved (repetition → scenario → "
-                  "subject), every scenario cross-process (spawned workers), warm-up before "
-                  "measuring, clean state before each cell",
+        "subject), every scenario cross-process (spawned workers), warm-up before "
+        "measuring, clean state before each cell",
     }
 
 
@@ -71,10 +82,18 @@ def _source_tree_version() -> str:
     found = re.search(r'__version__ = "([^"]+)"', init.read_text(encoding="utf-8"))
     version = found.group(1) if found else "?"
     git = ["git", "-C", str(_REPO)]
-    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, check=False).stdout.strip() or "no commit"
-    dirty = subprocess.run([*git, "status", "--porcelain", "--", "channels_engines"],
-                           capture_output=True, text=True, check=False).stdout.strip()
+    head = (
+        subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        or "no commit"
+    )
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--", "channels_engines"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     return f"{version} (source tree, git {head}{', uncommitted changes' if dirty else ''})"
 
 

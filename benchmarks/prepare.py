@@ -31,8 +31,9 @@ def prepare(ctx: SyncContext) -> None:
                 migrated.append(f"{app_label} on {alias!r}")
     layer = build_layer(subject)
     asyncio.run(_check(layer))
-    ctx.link.send("prepared", migrated=migrated, layer=f"{type(layer).__module__}."
-                                                    f"{type(layer).__qualname__}")
+    ctx.link.send(
+        "prepared", migrated=migrated, layer=f"{type(layer).__module__}.{type(layer).__qualname__}"
+    )
 
 
 async def _check(layer: Any) -> None:

@@ -42,7 +42,7 @@ def unpack_text(data: str) -> Message:
 
 
 def split_channel(channel: str) -> tuple[str, str]:
-    """"<topic>!<local>" -> (topic, local)."""
+    """ "<topic>!<local>" -> (topic, local)."""
     topic, _, local = channel.partition("!")
     return topic, local
 

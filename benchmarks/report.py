@@ -42,17 +42,28 @@ def _status(row: Summary) -> str:
 
 def scenario_table(scenario: Scenario, rows: dict[str, Summary]) -> list[str]:
     """One Markdown table: a row per subject, metric columns, ratio columns, status."""
-    headers = ["subject", *(c.header for c in scenario.columns),
-               *(r.header for r in scenario.ratios), "status"]
-    lines = [f"#### `{scenario.name}`: {scenario.title}", "", scenario.measures, "",
-             "| " + " | ".join(headers) + " |",
-             "|" + "|".join(["---", *("---:" for _ in headers[1:-1]), "---"]) + "|"]
+    headers = [
+        "subject",
+        *(c.header for c in scenario.columns),
+        *(r.header for r in scenario.ratios),
+        "status",
+    ]
+    lines = [
+        f"#### `{scenario.name}`: {scenario.title}",
+        "",
+        scenario.measures,
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join(["---", *("---:" for _ in headers[1:-1]), "---"]) + "|",
+    ]
     notes: list[str] = []
     for subject, row in rows.items():
         cells = [f"**{subject}**" if subject == OURS else subject]
         cells += [_num(row.values.get(c.key), c.fmt) for c in scenario.columns]
-        cells += ["(ours)" if subject == OURS else _ratio(ratio(rows, r.key, subject))
-                  for r in scenario.ratios]
+        cells += [
+            "(ours)" if subject == OURS else _ratio(ratio(rows, r.key, subject))
+            for r in scenario.ratios
+        ]
         cells.append(_status(row))
         lines.append("| " + " | ".join(cells) + " |")
         notes += [f"- {subject}: {note}".replace("\n", " ")[:300] for note in row.notes]
@@ -63,15 +74,18 @@ def scenario_table(scenario: Scenario, rows: dict[str, Summary]) -> list[str]:
 
 def targets_table(verdicts: list[Verdict]) -> list[str]:
     """The lead's targets with this run's numbers."""
-    lines = ["#### Targets for channels_engines", "",
-             "| target | measured | met |", "|---|---:|---|"]
+    lines = [
+        "#### Targets for channels_engines",
+        "",
+        "| target | measured | met |",
+        "|---|---:|---|",
+    ]
     for verdict in verdicts:
         target = verdict.target
         if verdict.measured is None:
             measured, met = "—", "not measured (ours unavailable or failed)"
         else:
-            measured = (f"{verdict.measured:.2f}x" if target.peer
-                        else f"{verdict.measured:.3g}")
+            measured = f"{verdict.measured:.2f}x" if target.peer else f"{verdict.measured:.3g}"
             met = "yes" if verdict.met else "**no**"
         lines.append(f"| {target.text} | {measured} | {met} |")
     return [*lines, ""]
@@ -82,12 +96,18 @@ def markdown(meta: dict[str, Any], rows: Rows) -> str:
     lines = [MARKER, "", "### Benchmark run", ""]
     lines += [f"- **{key}**: {value}" for key, value in meta["header"].items()]
     lines += ["", "Subjects:", ""]
-    lines += [f"- `{s['name']}`: {s['about']}" + (f" — **{s['status']}**" if s["status"] != "ok"
-                                                   else "") for s in meta["subjects"]]
-    lines += ["", "How to read: numbers are medians over the repetitions that completed; "
-              "lost, dup and errors are totals over all repetitions; connection columns are "
-              "maxima. Ratio columns are ours ÷ that subject from this same run: for "
-              "throughput higher is better, for latency and connections lower is better.", ""]
+    lines += [
+        f"- `{s['name']}`: {s['about']}" + (f" — **{s['status']}**" if s["status"] != "ok" else "")
+        for s in meta["subjects"]
+    ]
+    lines += [
+        "",
+        "How to read: numbers are medians over the repetitions that completed; "
+        "lost, dup and errors are totals over all repetitions; connection columns are "
+        "maxima. Ratio columns are ours ÷ that subject from this same run: for "
+        "throughput higher is better, for latency and connections lower is better.",
+        "",
+    ]
     lines += targets_table(check(rows))
     for name, scenario_rows in rows.items():
         lines += scenario_table(SCENARIOS[name], scenario_rows)
@@ -104,8 +124,7 @@ def to_json(meta: dict[str, Any], cells: list[CellResult], rows: Rows) -> str:
             for name, scenario_rows in rows.items()
         },
         "targets": [
-            {"target": v.target.text, "measured": v.measured, "met": v.met}
-            for v in check(rows)
+            {"target": v.target.text, "measured": v.measured, "met": v.met} for v in check(rows)
         ],
     }
     return json.dumps(document, indent=2, default=str)

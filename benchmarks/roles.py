@@ -92,9 +92,11 @@ async def _until_complete_or_stop(ctx: AsyncContext, inbox: Inbox, timeout: floa
         while True:
             inbox.expect((await ctx.link.wait("expect", timeout))["total"])
 
-    waiters = [asyncio.ensure_future(inbox.complete.wait()),
-               asyncio.ensure_future(ctx.link.wait("stop", timeout)),
-               asyncio.ensure_future(retarget())]
+    waiters = [
+        asyncio.ensure_future(inbox.complete.wait()),
+        asyncio.ensure_future(ctx.link.wait("stop", timeout)),
+        asyncio.ensure_future(retarget()),
+    ]
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     for task in waiters:
         task.cancel()
@@ -199,5 +201,12 @@ async def sender(ctx: AsyncContext) -> None:
     await link.wait("measure", params["timeout"])
     first_ns = now_ns()
     durations = await sends.blast(MEASURED, params["count"], params["concurrency"])
-    link.send("sent", first_ns=first_ns, end_ns=now_ns(), call_ns=durations, ok=sends.ok,
-              full_retries=sends.full_retries, **_errors(ctx.errors))
+    link.send(
+        "sent",
+        first_ns=first_ns,
+        end_ns=now_ns(),
+        call_ns=durations,
+        ok=sends.ok,
+        full_retries=sends.full_retries,
+        **_errors(ctx.errors),
+    )

@@ -33,16 +33,25 @@ from benchmarks.session import Session
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line interface."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="small workloads, 1 repetition by default (about 4 minutes)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small workloads, 1 repetition by default (about 4 minutes)",
+    )
     parser.add_argument("--repeat", type=int, help="repetitions (default: 1 quick, 3 full)")
-    parser.add_argument("--dsn", default=DEFAULT_DSN,
-                        help=f"PostgreSQL DSN the subjects use (default: {DEFAULT_DSN})")
-    parser.add_argument("--admin-dsn", default=DEFAULT_ADMIN_DSN,
-                        help="superuser DSN for setup and pg_stat_activity "
-                             f"(default: {DEFAULT_ADMIN_DSN})")
-    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL,
-                        help=f"Redis URL (default: {DEFAULT_REDIS_URL})")
+    parser.add_argument(
+        "--dsn",
+        default=DEFAULT_DSN,
+        help=f"PostgreSQL DSN the subjects use (default: {DEFAULT_DSN})",
+    )
+    parser.add_argument(
+        "--admin-dsn",
+        default=DEFAULT_ADMIN_DSN,
+        help=f"superuser DSN for setup and pg_stat_activity (default: {DEFAULT_ADMIN_DSN})",
+    )
+    parser.add_argument(
+        "--redis-url", default=DEFAULT_REDIS_URL, help=f"Redis URL (default: {DEFAULT_REDIS_URL})"
+    )
     parser.add_argument("--only", type=_names, help="comma-separated subjects to run")
     parser.add_argument("--scenarios", type=_names, help="comma-separated scenarios to run")
     parser.add_argument("--markdown", help="write the generated Markdown tables here")

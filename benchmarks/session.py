@@ -30,8 +30,14 @@ Payload = dict[str, Any]
 class Session:
     """Owns the monitor, the subject list and every cell result."""
 
-    def __init__(self, servers: Servers, sizes: Sizes, *, subjects: list[str] | None,
-                 scenarios: list[str] | None) -> None:
+    def __init__(
+        self,
+        servers: Servers,
+        sizes: Sizes,
+        *,
+        subjects: list[str] | None,
+        scenarios: list[str] | None,
+    ) -> None:
         self.servers, self.sizes = servers, sizes
         self.subjects = _select(all_subjects(servers), subjects, "subject")
         self.scenarios = [SCENARIOS[name] for name in _select_names(SCENARIOS, scenarios)]
@@ -41,8 +47,9 @@ class Session:
         self.server_versions = self.monitor.versions()
         self.load_at_start = load_average()
         self.unavailable: dict[str, str] = {}
-        self.log_dir = Path(tempfile.gettempdir()) / "channels_engines_bench" / time.strftime(
-            "%Y%m%d-%H%M%S")
+        self.log_dir = (
+            Path(tempfile.gettempdir()) / "channels_engines_bench" / time.strftime("%Y%m%d-%H%M%S")
+        )
         self.log_dir.mkdir(parents=True, exist_ok=True)
         _log(f"worker logs: {self.log_dir}")
         self.cells: list[CellResult] = []
@@ -58,12 +65,15 @@ class Session:
 
     def _prepare(self, subject: Payload) -> None:
         self._clean(subject)
-        worker = Worker(PREPARE, subject, {}, label=f"{subject['name']}/prepare",
-                        log_dir=str(self.log_dir))
+        worker = Worker(
+            PREPARE, subject, {}, label=f"{subject['name']}/prepare", log_dir=str(self.log_dir)
+        )
         try:
             info = worker.expect("prepared", 120)
-            _log(f"{subject['name']}: ready ({info['layer']}; migrated: "
-                 f"{', '.join(info['migrated']) or 'nothing'})")
+            _log(
+                f"{subject['name']}: ready ({info['layer']}; migrated: "
+                f"{', '.join(info['migrated']) or 'nothing'})"
+            )
         except (WorkerFailed, Stuck) as exc:
             reason = str(exc).split(": ", 1)[-1]
             self.unavailable[subject["name"]] = f"unavailable: {reason}"
@@ -77,8 +87,9 @@ class Session:
         if skip:
             return CellResult(rep, scenario.name, name, skip)
         self._clean(subject)
-        cell = Cell(subject, self.sizes, self.monitor, str(self.log_dir),
-                    tag=f"rep{rep}-{scenario.name}")
+        cell = Cell(
+            subject, self.sizes, self.monitor, str(self.log_dir), tag=f"rep{rep}-{scenario.name}"
+        )
         started = time.monotonic()
         try:
             result = CellResult(rep, scenario.name, name, "ok", metrics=scenario.run(cell))
@@ -93,8 +104,10 @@ class Session:
         finally:
             cell.stop_all()
         result.seconds = time.monotonic() - started
-        _log(f"[rep {rep}/{self.sizes.repeat}] {scenario.name:<16} {name:<18} "
-             f"{result.seconds:5.1f} s  {_brief(result)}")
+        _log(
+            f"[rep {rep}/{self.sizes.repeat}] {scenario.name:<16} {name:<18} "
+            f"{result.seconds:5.1f} s  {_brief(result)}"
+        )
         return result
 
     def _clean(self, subject: Payload) -> None:
@@ -113,10 +126,15 @@ class Session:
         """Aggregated rows: scenario → subject → summary."""
         return {
             scenario.name: {
-                subject["name"]: aggregate(scenario, subject["name"], [
-                    c for c in self.cells
-                    if c.scenario == scenario.name and c.subject == subject["name"]
-                ])
+                subject["name"]: aggregate(
+                    scenario,
+                    subject["name"],
+                    [
+                        c
+                        for c in self.cells
+                        if c.scenario == scenario.name and c.subject == subject["name"]
+                    ],
+                )
                 for subject in self.subjects
             }
             for scenario in self.scenarios
@@ -125,11 +143,17 @@ class Session:
     def meta(self) -> Payload:
         """Header facts, subject descriptions and sizes."""
         return {
-            "header": header(self.server_versions, self.sizes.mode, self.sizes.repeat,
-                             self.load_at_start),
-            "subjects": [{"name": s["name"], "about": s["about"],
-                          "status": self.unavailable.get(s["name"], "ok")}
-                         for s in self.subjects],
+            "header": header(
+                self.server_versions, self.sizes.mode, self.sizes.repeat, self.load_at_start
+            ),
+            "subjects": [
+                {
+                    "name": s["name"],
+                    "about": s["about"],
+                    "status": self.unavailable.get(s["name"], "ok"),
+                }
+                for s in self.subjects
+            ],
             "sizes": self.sizes.as_dict(),
         }
 
@@ -156,8 +180,9 @@ def _select(subjects: list[Payload], names: list[str] | None, what: str) -> list
     known = {s["name"] for s in subjects}
     unknown = set(names) - known
     if unknown:
-        raise SystemExit(f"unknown {what}(s): {', '.join(sorted(unknown))}; "
-                         f"known: {', '.join(sorted(known))}")
+        raise SystemExit(
+            f"unknown {what}(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
+        )
     return [s for s in subjects if s["name"] in names]
 
 
@@ -166,8 +191,9 @@ def _select_names(registry: dict[str, Scenario], names: list[str] | None) -> lis
         return list(registry)
     unknown = set(names) - set(registry)
     if unknown:
-        raise SystemExit(f"unknown scenario(s): {', '.join(sorted(unknown))}; "
-                         f"known: {', '.join(registry)}")
+        raise SystemExit(
+            f"unknown scenario(s): {', '.join(sorted(unknown))}; known: {', '.join(registry)}"
+        )
     return [name for name in registry if name in names]
 
 
@@ -182,9 +208,11 @@ def _brief(result: CellResult) -> str:
     if not result.ok:
         return result.status[:200]
     m = result.metrics
-    parts = [f"{key}={m[key]:.4g}" for key in ("rate", "p50_ms", "call_p50_ms", "conns",
-                                               "cpu_pct", "wake_ms", "final_conns")
-             if isinstance(m.get(key), int | float)]
+    parts = [
+        f"{key}={m[key]:.4g}"
+        for key in ("rate", "p50_ms", "call_p50_ms", "conns", "cpu_pct", "wake_ms", "final_conns")
+        if isinstance(m.get(key), int | float)
+    ]
     parts += [f"{key}={m[key]}" for key in ("lost", "dup", "errors") if m.get(key)]
     return " ".join(parts)
 

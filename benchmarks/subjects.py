@@ -27,9 +27,15 @@ def ours(servers: Servers) -> Payload:
         "BACKEND": "channels_engines.EngineChannelLayer",
         "CONFIG": {"ENGINE": "postgres", "dsn": servers.dsn, "capacity": CAPACITY},
     }
-    return _django(OURS, "postgres", layer, servers, apps=["channels_engines"],
-                   migrate=[("channels_engines", "default")],
-                   about=f"ours: EngineChannelLayer, ENGINE=postgres (capacity={CAPACITY})")
+    return _django(
+        OURS,
+        "postgres",
+        layer,
+        servers,
+        apps=["channels_engines"],
+        migrate=[("channels_engines", "default")],
+        about=f"ours: EngineChannelLayer, ENGINE=postgres (capacity={CAPACITY})",
+    )
 
 
 def channels_postgres(servers: Servers) -> Payload:
@@ -41,10 +47,16 @@ def channels_postgres(servers: Servers) -> Payload:
     """
     config = {**_db(servers), "TIME_ZONE": None, "OPTIONS": {}}
     layer = {"BACKEND": "channels_postgres.core.PostgresChannelLayer", "CONFIG": config}
-    return _django("channels_postgres", "postgres", layer, servers, apps=["channels_postgres"],
-                   migrate=[("channels_postgres", "channels_postgres")],
-                   extra_db="channels_postgres",
-                   about="channels_postgres.core.PostgresChannelLayer (default pool)")
+    return _django(
+        "channels_postgres",
+        "postgres",
+        layer,
+        servers,
+        apps=["channels_postgres"],
+        migrate=[("channels_postgres", "channels_postgres")],
+        extra_db="channels_postgres",
+        about="channels_postgres.core.PostgresChannelLayer (default pool)",
+    )
 
 
 def redis_core(servers: Servers) -> Payload:
@@ -59,9 +71,14 @@ def redis_core(servers: Servers) -> Payload:
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {"hosts": [host], "prefix": REDIS_PREFIX, "capacity": CAPACITY},
     }
-    return _django("redis_core", "redis", layer, servers,
-                   about=f"channels_redis.core.RedisChannelLayer (capacity={CAPACITY}, "
-                         "socket_timeout=None for redis-py 8, see channels_redis#422)")
+    return _django(
+        "redis_core",
+        "redis",
+        layer,
+        servers,
+        about=f"channels_redis.core.RedisChannelLayer (capacity={CAPACITY}, "
+        "socket_timeout=None for redis-py 8, see channels_redis#422)",
+    )
 
 
 def redis_pubsub(servers: Servers) -> Payload:
@@ -70,21 +87,35 @@ def redis_pubsub(servers: Servers) -> Payload:
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "CONFIG": {"hosts": [servers.redis_url], "prefix": REDIS_PREFIX},
     }
-    return _django("redis_pubsub", "redis", layer, servers,
-                   about="channels_redis.pubsub.RedisPubSubChannelLayer")
+    return _django(
+        "redis_pubsub",
+        "redis",
+        layer,
+        servers,
+        about="channels_redis.pubsub.RedisPubSubChannelLayer",
+    )
 
 
 def raw_pg(servers: Servers) -> Payload:
     """Floor: psycopg LISTEN/NOTIFY, payload inline."""
-    return {"name": "raw_pg", "kind": "raw_pg", "server": "postgres", "dsn": servers.dsn,
-            "about": "floor: psycopg async LISTEN + awaited SELECT pg_notify, no table"}
+    return {
+        "name": "raw_pg",
+        "kind": "raw_pg",
+        "server": "postgres",
+        "dsn": servers.dsn,
+        "about": "floor: psycopg async LISTEN + awaited SELECT pg_notify, no table",
+    }
 
 
 def raw_redis(servers: Servers) -> Payload:
     """Floor: redis.asyncio PUBLISH/SUBSCRIBE."""
-    return {"name": "raw_redis", "kind": "raw_redis", "server": "redis",
-            "redis_url": servers.redis_url,
-            "about": "floor: redis.asyncio PUBLISH / SUBSCRIBE"}
+    return {
+        "name": "raw_redis",
+        "kind": "raw_redis",
+        "server": "redis",
+        "redis_url": servers.redis_url,
+        "about": "floor: redis.asyncio PUBLISH / SUBSCRIBE",
+    }
 
 
 def all_subjects(servers: Servers) -> list[Payload]:
@@ -105,9 +136,17 @@ def _db(servers: Servers) -> Payload:
     }
 
 
-def _django(name: str, server: str, layer: Payload, servers: Servers, *, about: str,
-            apps: list[str] | None = None, migrate: list[tuple[str, str]] | None = None,
-            extra_db: str | None = None) -> Payload:
+def _django(
+    name: str,
+    server: str,
+    layer: Payload,
+    servers: Servers,
+    *,
+    about: str,
+    apps: list[str] | None = None,
+    migrate: list[tuple[str, str]] | None = None,
+    extra_db: str | None = None,
+) -> Payload:
     databases = {"default": _db(servers)}
     if extra_db:
         databases[extra_db] = _db(servers)
@@ -118,5 +157,11 @@ def _django(name: str, server: str, layer: Payload, servers: Servers, *, about: 
         "USE_TZ": True,
         "SECRET_KEY": "benchmarks-only",
     }
-    return {"name": name, "kind": "django", "server": server, "settings": settings,
-            "migrate": migrate or [], "about": about}
+    return {
+        "name": name,
+        "kind": "django",
+        "server": server,
+        "settings": settings,
+        "migrate": migrate or [],
+        "about": about,
+    }

@@ -25,7 +25,10 @@ class Target:
 
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
-    ">=": operator.ge, "<=": operator.le, "<": operator.lt, "==": operator.eq,
+    ">=": operator.ge,
+    "<=": operator.le,
+    "<": operator.lt,
+    "==": operator.eq,
 }
 
 TARGETS: tuple[Target, ...] = (
@@ -36,8 +39,9 @@ TARGETS: tuple[Target, ...] = (
     Target("rtt p50 ≤ 1.5x raw_pg", "rtt", "p50_ms", "<=", 1.5, "raw_pg"),
     Target("rtt p50 below channels_postgres", "rtt", "p50_ms", "<", 1, "channels_postgres"),
     Target("rtt p50 below redis_core", "rtt", "p50_ms", "<", 1, "redis_core"),
-    Target("fanout deliveries/s ≥ 3x channels_postgres", "fanout", "rate", ">=", 3,
-           "channels_postgres"),
+    Target(
+        "fanout deliveries/s ≥ 3x channels_postgres", "fanout", "rate", ">=", 3, "channels_postgres"
+    ),
     Target("fanout group_send() p50 < 1 ms", "fanout", "call_p50_ms", "<", 1.0),
     Target("idle_500 ≤ 3 server connections", "idle_500", "conns", "<=", 3),
     Target("idle_500 0 errors", "idle_500", "errors", "==", 0),

@@ -95,8 +95,9 @@ def main(role: str, subject: Payload, params: Payload, conn: Connection, log_pat
     _exit(0)
 
 
-async def _run_async(func: Any, subject: Payload, params: Payload, conn: Connection,
-                     errors: Errors) -> None:
+async def _run_async(
+    func: Any, subject: Payload, params: Payload, conn: Connection, errors: Errors
+) -> None:
     from benchmarks.layers import build_layer
 
     loop = asyncio.get_running_loop()

@@ -12,7 +12,10 @@ from channels_engines import BaseChannelEngine, EngineConfig, Requirement
 
 def make_config(**overrides: object) -> EngineConfig:
     values: dict[str, object] = {
-        "alias": "default", "engine": "bare", "expiry": 60.0, "group_expiry": None,
+        "alias": "default",
+        "engine": "bare",
+        "expiry": 60.0,
+        "group_expiry": None,
         "capacity": 10,
     }
     return EngineConfig(**{**values, **overrides})  # type: ignore[arg-type]
@@ -46,9 +49,7 @@ def test_missing_requirements_lists_only_the_missing_ones() -> None:
 
 
 def test_capacity_for_uses_the_first_matching_pattern_on_the_non_local_part() -> None:
-    config = make_config(
-        channel_capacity=((re.compile(r"chat\."), 3), (re.compile(r".*!\Z"), 7))
-    )
+    config = make_config(channel_capacity=((re.compile(r"chat\."), 3), (re.compile(r".*!\Z"), 7)))
     assert config.capacity_for("chat.room") == 3
     assert config.capacity_for("specific.abc!xyz") == 7
     assert config.capacity_for("other") == 10
@@ -78,8 +79,11 @@ def test_create_shared_defaults_to_nothing() -> None:
         ("send", ("c", b""), "BareEngine must implement send()"),
         ("receive", ("c",), "BareEngine must implement receive()"),
         ("group_add", ("g", "c"), "BareEngine must implement group_add() (groups extension)"),
-        ("group_discard", ("g", "c"),
-         "BareEngine must implement group_discard() (groups extension)"),
+        (
+            "group_discard",
+            ("g", "c"),
+            "BareEngine must implement group_discard() (groups extension)",
+        ),
         ("group_send", ("g", b""), "BareEngine must implement group_send() (groups extension)"),
         ("flush", (), "BareEngine must implement flush() (flush extension)"),
     ],

@@ -14,8 +14,19 @@ from channels.exceptions import InvalidChannelLayerError
 import channels_engines
 
 CORE_MODULES = [
-    "engine", "engines", "exceptions", "layer", "loops", "mailbox", "memory", "options",
-    "registry", "serialization", "settings", "testing", "validation",
+    "engine",
+    "engines",
+    "exceptions",
+    "layer",
+    "loops",
+    "mailbox",
+    "memory",
+    "options",
+    "registry",
+    "serialization",
+    "settings",
+    "testing",
+    "validation",
 ]
 
 

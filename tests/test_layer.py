@@ -61,9 +61,10 @@ def engine_layer(alias: str = "default") -> EngineChannelLayer:
 
 def layer_error(layers: dict[str, Any], alias: str = "default") -> InvalidChannelLayerError:
     """The error Channels raises when it creates the layer ``alias`` from ``layers``."""
-    with override_settings(CHANNEL_LAYERS=layers), pytest.raises(
-        InvalidChannelLayerError
-    ) as caught:
+    with (
+        override_settings(CHANNEL_LAYERS=layers),
+        pytest.raises(InvalidChannelLayerError) as caught,
+    ):
         get_channel_layer(alias)
     return caught.value
 
@@ -95,8 +96,10 @@ def test_explicit_backend_form_needs_no_app() -> None:
     """With the app's settings hook disconnected, Channels alone builds the layer."""
     layers = {
         "default": {"BACKEND": BACKEND, "CONFIG": {"ENGINE": "memory", "capacity": 3}},
-        "other": {"BACKEND": "channels_engines.layer.EngineChannelLayer",
-                  "CONFIG": {"ENGINE": "memory"}},
+        "other": {
+            "BACKEND": "channels_engines.layer.EngineChannelLayer",
+            "CONFIG": {"ENGINE": "memory"},
+        },
     }
     assert setting_changed.disconnect(dispatch_uid="channels_engines.layers")
     try:
@@ -166,8 +169,9 @@ def test_test_config_may_choose_another_engine() -> None:
 
 def test_missing_test_config_is_reported_by_channels() -> None:
     layers = {"default": {"ENGINE": "memory"}}
-    with override_settings(CHANNEL_LAYERS=layers), pytest.raises(
-        InvalidChannelLayerError, match="No TEST_CONFIG specified for default"
+    with (
+        override_settings(CHANNEL_LAYERS=layers),
+        pytest.raises(InvalidChannelLayerError, match="No TEST_CONFIG specified for default"),
     ):
         channel_layers.make_test_backend("default")
 
@@ -225,16 +229,24 @@ def test_unknown_config_key_lists_the_engines_own_keys_too() -> None:
         ({"capacity": 0}, "CONFIG['capacity'] must be an integer >= 1, not 0 (int)."),
         ({"expiry": 0}, "CONFIG['expiry'] must be a number > 0, not 0 (int)."),
         ({"expiry": None}, "CONFIG['expiry'] must be a number > 0, not None (NoneType)."),
-        ({"group_expiry": -1},
-         "CONFIG['group_expiry'] must be a number >= 0 or None, not -1 (int)."),
-        ({"max_message_size": 10},
-         "CONFIG['max_message_size'] must be an integer >= 1024, not 10 (int)."),
-        ({"channel_capacity": {"a*": 0}},
-         "CONFIG['channel_capacity'] must be a dict mapping glob strings or compiled regular "
-         "expressions to integers >= 1, not {'a*': 0} (dict)."),
-        ({"channel_capacity": [("a*", 1)]},
-         "CONFIG['channel_capacity'] must be a dict mapping glob strings or compiled regular "
-         "expressions to integers >= 1, not [('a*', 1)] (list)."),
+        (
+            {"group_expiry": -1},
+            "CONFIG['group_expiry'] must be a number >= 0 or None, not -1 (int).",
+        ),
+        (
+            {"max_message_size": 10},
+            "CONFIG['max_message_size'] must be an integer >= 1024, not 10 (int).",
+        ),
+        (
+            {"channel_capacity": {"a*": 0}},
+            "CONFIG['channel_capacity'] must be a dict mapping glob strings or compiled regular "
+            "expressions to integers >= 1, not {'a*': 0} (dict).",
+        ),
+        (
+            {"channel_capacity": [("a*", 1)]},
+            "CONFIG['channel_capacity'] must be a dict mapping glob strings or compiled regular "
+            "expressions to integers >= 1, not [('a*', 1)] (list).",
+        ),
     ],
 )
 def test_config_value_of_the_wrong_type_is_refused(config: dict[str, Any], message: str) -> None:
@@ -293,8 +305,7 @@ def test_engine_claiming_a_layer_key_is_refused() -> None:
     with pytest.raises(InvalidEngineError) as caught:
         EngineChannelLayer(ENGINE=GreedyEngine)
     assert str(caught.value) == (
-        "EngineChannelLayer: ENGINE 'GreedyEngine' declares CONFIG keys the layer owns: "
-        "capacity."
+        "EngineChannelLayer: ENGINE 'GreedyEngine' declares CONFIG keys the layer owns: capacity."
     )
 
 

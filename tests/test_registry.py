@@ -319,8 +319,11 @@ def test_selecting_an_engine_with_a_missing_dependency_names_the_extra(
 
 
 def test_engine_published_by_a_package_resolves_by_name(publish: Callable[..., Path]) -> None:
-    publish("published-pkg", {"published": "published_mod:PublishedEngine"},
-            modules={"published_mod": ENGINE_SOURCE})
+    publish(
+        "published-pkg",
+        {"published": "published_mod:PublishedEngine"},
+        modules={"published_mod": ENGINE_SOURCE},
+    )
     cls = engines.load("published", where=WHERE)
     assert cls.__module__ == "published_mod"
     assert EngineChannelLayer(ENGINE="published").engine_name == "published"
@@ -332,8 +335,11 @@ def test_engine_published_by_a_package_resolves_by_name(publish: Callable[..., P
 
 
 def test_uninstalled_package_is_forgotten_after_refresh(publish: Callable[..., Path]) -> None:
-    root = publish("published-pkg", {"published": "published_mod:PublishedEngine"},
-                   modules={"published_mod": ENGINE_SOURCE})
+    root = publish(
+        "published-pkg",
+        {"published": "published_mod:PublishedEngine"},
+        modules={"published_mod": ENGINE_SOURCE},
+    )
     engines.load("published", where=WHERE)
     sys.path.remove(str(root))
     importlib.invalidate_caches()

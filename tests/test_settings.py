@@ -25,7 +25,9 @@ def test_top_level_engine_is_moved_into_config_and_test_config() -> None:
         "stock": {"BACKEND": "channels.layers.InMemoryChannelLayer"},
     }
     assert layers["default"] == {  # the input is not modified
-        "ENGINE": "postgres", "CONFIG": {"dsn": "x"}, "TEST_CONFIG": {}
+        "ENGINE": "postgres",
+        "CONFIG": {"dsn": "x"},
+        "TEST_CONFIG": {},
     }
 
 

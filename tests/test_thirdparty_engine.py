@@ -32,8 +32,17 @@ def lossy_installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     target = tmp_path_factory.mktemp("site-packages")
     subprocess.run(
         [
-            sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-            "--no-build-isolation", "--no-index", "--target", str(target), str(EXAMPLE),
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(EXAMPLE),
         ],
         check=True,
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
@@ -87,8 +96,14 @@ def test_available_engines_lists_it_with_the_distribution_it_comes_from() -> Non
 
 
 @pytest.mark.parametrize(
-    ("value", "shown"), [(1.5, "1.5 (float)"), (-0.1, "-0.1 (float)"), ("0.5", "'0.5' (str)"),
-                         (True, "True (bool)"), (float("nan"), "nan (float)")]
+    ("value", "shown"),
+    [
+        (1.5, "1.5 (float)"),
+        (-0.1, "-0.1 (float)"),
+        ("0.5", "'0.5' (str)"),
+        (True, "True (bool)"),
+        (float("nan"), "nan (float)"),
+    ],
 )
 def test_bad_drop_rate_is_refused_like_any_config_value(value: object, shown: str) -> None:
     with pytest.raises(InvalidConfigError) as caught:

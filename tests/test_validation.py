@@ -22,9 +22,7 @@ NORMAL = re.compile(r"\A[a-zA-Z0-9._-]{1,100}\Z")
 SPECIFIC = re.compile(r"\A[a-zA-Z0-9._-]+![a-zA-Z0-9._-]*\Z")
 GROUP = NORMAL
 
-ALLOWED = (
-    "dict (with str keys), list, tuple, str, bytes, int (signed 64-bit), float, bool and None"
-)
+ALLOWED = "dict (with str keys), list, tuple, str, bytes, int (signed 64-bit), float, bool and None"
 CHARACTERS = "ASCII letters, digits, hyphens, underscores and periods"
 
 #: Text likely to sit near the boundary: valid characters, '!', and close look-alikes.
@@ -91,9 +89,7 @@ def test_invalid_channel_name_message() -> None:
 def test_invalid_group_name_message_names_the_argument() -> None:
     with pytest.raises(TypeError) as caught:
         require_group_name("a!b", "prefix")
-    assert str(caught.value) == (
-        f"prefix 'a!b' is not a valid group name: use only {CHARACTERS}."
-    )
+    assert str(caught.value) == (f"prefix 'a!b' is not a valid group name: use only {CHARACTERS}.")
 
 
 def test_too_long_name_message_is_shortened_and_gives_the_length() -> None:
@@ -136,21 +132,42 @@ def test_message_of_every_allowed_type_is_accepted() -> None:
     ("message", "error", "text"),
     [
         ({"a": [1, 2, {3}]}, TypeError, f"message['a'][2] is a set; messages may hold {ALLOWED}."),
-        ({"a": {"b": [object()]}}, TypeError,
-         f"message['a']['b'][0] is a object; messages may hold {ALLOWED}."),
-        ({"bytes": bytearray(b"x")}, TypeError,
-         f"message['bytes'] is a bytearray; messages may hold {ALLOWED}."),
-        ({"type": "x", 1: "one"}, TypeError,
-         "message has the key 1 (int); dict keys in messages must be str."),
-        ({"n": [{"deep": {b"k": 1}}]}, TypeError,
-         "message['n'][0]['deep'] has the key b'k' (bytes); dict keys in messages must be str."),
-        ({"n": 2**63}, ValueError,
-         "message['n'] is 9223372036854775808, outside the signed 64-bit range messages allow."),
-        ({"n": (-(2**63) - 1,)}, ValueError,
-         "message['n'][0] is -9223372036854775809, outside the signed 64-bit range messages "
-         "allow."),
-        (["type", "x"], TypeError,
-         f"message must be a dict, not list; messages may hold {ALLOWED}."),
+        (
+            {"a": {"b": [object()]}},
+            TypeError,
+            f"message['a']['b'][0] is a object; messages may hold {ALLOWED}.",
+        ),
+        (
+            {"bytes": bytearray(b"x")},
+            TypeError,
+            f"message['bytes'] is a bytearray; messages may hold {ALLOWED}.",
+        ),
+        (
+            {"type": "x", 1: "one"},
+            TypeError,
+            "message has the key 1 (int); dict keys in messages must be str.",
+        ),
+        (
+            {"n": [{"deep": {b"k": 1}}]},
+            TypeError,
+            "message['n'][0]['deep'] has the key b'k' (bytes); dict keys in messages must be str.",
+        ),
+        (
+            {"n": 2**63},
+            ValueError,
+            "message['n'] is 9223372036854775808, outside the signed 64-bit range messages allow.",
+        ),
+        (
+            {"n": (-(2**63) - 1,)},
+            ValueError,
+            "message['n'][0] is -9223372036854775809, outside the signed 64-bit range messages "
+            "allow.",
+        ),
+        (
+            ["type", "x"],
+            TypeError,
+            f"message must be a dict, not list; messages may hold {ALLOWED}.",
+        ),
     ],
 )
 def test_invalid_message_error_gives_the_path_to_the_value(

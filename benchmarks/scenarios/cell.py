@@ -35,13 +35,18 @@ class Cell:
 
     @property
     def server(self) -> str:
-        """"postgres" or "redis": the server this subject talks to."""
+        """ "postgres" or "redis": the server this subject talks to."""
         return str(self.subject["server"])
 
     def spawn(self, role: str, label: str, **params: Any) -> Worker:
         """Start a worker process for this cell's subject."""
-        worker = Worker(role, self.subject, params, label=f"{self.subject['name']}/{label}",
-                        log_dir=f"{self.log_dir}/{self.tag}")
+        worker = Worker(
+            role,
+            self.subject,
+            params,
+            label=f"{self.subject['name']}/{label}",
+            log_dir=f"{self.log_dir}/{self.tag}",
+        )
         self.workers.append(worker)
         return worker
 

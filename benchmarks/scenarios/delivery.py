@@ -88,8 +88,11 @@ class DeliveryRun:
     def start_receivers(self, params: list[Payload]) -> list[list[str]]:
         """Start receivers; returns each one's channel names."""
         sizes = self.cell.sizes
-        common = {"timeout": sizes.measure_timeout_s + sizes.step_timeout_s,
-                  "grace": sizes.grace_s, "start": "one_first"}
+        common = {
+            "timeout": sizes.measure_timeout_s + sizes.step_timeout_s,
+            "grace": sizes.grace_s,
+            "start": "one_first",
+        }
         first = self.cell.spawn(RECEIVER, "receiver-1", **{**common, "flush": True, **params[0]})
         channels = [first.expect("ready", sizes.step_timeout_s)["channels"]]
         others = [
@@ -112,8 +115,12 @@ class DeliveryRun:
         self._deliveries_per_message = deliveries_per_message
         self._planned = int(params["count"])
         self.sender = self.cell.spawn(
-            role, "sender", prime_timeout=sizes.step_timeout_s,
-            probe_interval=PROBE_INTERVAL_S, timeout=sizes.measure_timeout_s, **params,
+            role,
+            "sender",
+            prime_timeout=sizes.step_timeout_s,
+            probe_interval=PROBE_INTERVAL_S,
+            timeout=sizes.measure_timeout_s,
+            **params,
         )
         self.sender.expect("probing", sizes.step_timeout_s)
         for worker in self.receivers:
@@ -134,11 +141,17 @@ class DeliveryRun:
         if not self._warm:
             return
         for worker in self.receivers:
-            if worker.expect_while_progressing("warm", "warm", sizes.stall_s,
-                                               sizes.measure_timeout_s) is None:
+            if (
+                worker.expect_while_progressing(
+                    "warm", "warm", sizes.stall_s, sizes.measure_timeout_s
+                )
+                is None
+            ):
                 state = worker.progress() or {}
-                self._notes.append(f"{worker.label}: warm-up incomplete "
-                                   f"({state.get('warm')}/{state.get('warm_expected')})")
+                self._notes.append(
+                    f"{worker.label}: warm-up incomplete "
+                    f"({state.get('warm')}/{state.get('warm_expected')})"
+                )
 
     def measure(self) -> Outcome:
         """Run the measured phase and collect every report.
@@ -149,24 +162,33 @@ class DeliveryRun:
         assert self.sender is not None
         sizes = self.cell.sizes
         self.sender.tell("measure")
-        sent = self.sender.expect_while_progressing("sent", "sent", sizes.stall_s,
-                                                    sizes.measure_timeout_s)
+        sent = self.sender.expect_while_progressing(
+            "sent", "sent", sizes.stall_s, sizes.measure_timeout_s
+        )
         if sent is None:
             described = self.sender.progress() or {}
             self.sender.dump_stacks()
-            raise Stuck(f"{self.sender.label}: no call completed for {sizes.stall_s:.0f} s "
-                        f"(progress: {described}; stacks in its log)")
+            raise Stuck(
+                f"{self.sender.label}: no call completed for {sizes.stall_s:.0f} s "
+                f"(progress: {described}; stacks in its log)"
+            )
         if sent["ok"] < self._planned:
             owed = int(sent["ok"]) * self._deliveries_per_message
             for worker, members in zip(self.receivers, self._members, strict=True):
                 worker.tell("expect", total=owed * members // sum(self._members))
         for worker in self.receivers:
-            if worker.expect_while_progressing("complete", "received", sizes.stall_s,
-                                               sizes.measure_timeout_s) is None:
+            if (
+                worker.expect_while_progressing(
+                    "complete", "received", sizes.stall_s, sizes.measure_timeout_s
+                )
+                is None
+            ):
                 state = worker.progress() or {}
-                self._notes.append(f"{worker.label}: stopped waiting after {sizes.stall_s:.0f} s "
-                                   f"without a delivery ({state.get('received')}/"
-                                   f"{state.get('expected')} received)")
+                self._notes.append(
+                    f"{worker.label}: stopped waiting after {sizes.stall_s:.0f} s "
+                    f"without a delivery ({state.get('received')}/"
+                    f"{state.get('expected')} received)"
+                )
                 worker.tell("stop")
         reports = [w.expect("report", sizes.grace_s + sizes.step_timeout_s) for w in self.receivers]
         return Outcome(sent, reports, self._deliveries_per_message, self._notes)

@@ -22,15 +22,24 @@ def run_fanout(cell: Cell) -> Metrics:
     """Sequential awaited group_send() calls; per-member accounting."""
     sizes = cell.sizes
     count, warm = sizes.fanout_sends, sizes.fanout_warm
-    receiver = {"members": MEMBERS_PER_PROCESS, "group": GROUP,
-                "warm_total": warm * MEMBERS_PER_PROCESS,
-                "expected_total": count * MEMBERS_PER_PROCESS}
+    receiver = {
+        "members": MEMBERS_PER_PROCESS,
+        "group": GROUP,
+        "warm_total": warm * MEMBERS_PER_PROCESS,
+        "expected_total": count * MEMBERS_PER_PROCESS,
+    }
     run = DeliveryRun(cell)
     try:
         run.start_receivers([receiver] * PROCESSES)
-        run.start_sender(SENDER, deliveries_per_message=PROCESSES * MEMBERS_PER_PROCESS,
-                         targets=[GROUP], mode="group_send", concurrency=1,
-                         count=count, warm=warm)
+        run.start_sender(
+            SENDER,
+            deliveries_per_message=PROCESSES * MEMBERS_PER_PROCESS,
+            targets=[GROUP],
+            mode="group_send",
+            concurrency=1,
+            count=count,
+            warm=warm,
+        )
         run.prime()
         outcome = run.measure()
         return {**outcome.common_metrics(), "call_p50_ms": outcome.call_p50_ms()}
@@ -42,13 +51,15 @@ FANOUT = Scenario(
     name="fanout",
     title="group fan-out, 100 members in 2 processes",
     measures="A third process awaits group_send() calls one after another; each reaches "
-             "100 members (50 per receiving process). Latency is per member delivery.",
+    "100 members (50 per receiving process). Latency is per member delivery.",
     columns=(
         Column("rate", "deliveries/s", "rate"),
         Column("p50_ms", "delivery p50 ms", "ms"),
         Column("p99_ms", "delivery p99 ms", "ms"),
         Column("call_p50_ms", "group_send() p50 ms", "ms"),
-        LOST, DUP, ERRORS,
+        LOST,
+        DUP,
+        ERRORS,
     ),
     ratios=(
         Ratio("rate", "ours ÷ subject (deliveries/s)", "higher"),

@@ -30,16 +30,28 @@ def run_idle(cell: Cell) -> Metrics:
     run = DeliveryRun(cell)
     try:
         [channels] = run.start_receivers(
-            [{"members": channels_count, "warm_total": 0, "expected_total": channels_count,
-              "start": "together"}]
+            [
+                {
+                    "members": channels_count,
+                    "warm_total": 0,
+                    "expected_total": channels_count,
+                    "start": "together",
+                }
+            ]
         )
         pid = run.receivers[0].pid
         seen: Metrics = {}
         with ConnectionSampler(monitor, pid, cell.server) as sampler:
             try:
-                run.start_sender(SENDER, deliveries_per_message=1, targets=channels,
-                                 mode="send", concurrency=SENDER_TASKS, count=channels_count,
-                                 warm=0)
+                run.start_sender(
+                    SENDER,
+                    deliveries_per_message=1,
+                    targets=channels,
+                    mode="send",
+                    concurrency=SENDER_TASKS,
+                    count=channels_count,
+                    warm=0,
+                )
                 run.prime()
                 time.sleep(SETTLE_S)
                 seen["conns"] = monitor.server_connections(pid, cell.server)
@@ -70,15 +82,17 @@ IDLE_500 = Scenario(
     name="idle_500",
     title="500 idle receivers in one process",
     measures="Server connections the receiving process holds while 500 receive() calls "
-             "wait (confirmed server-side by client port), peak client sockets, its CPU "
-             "over the idle window, RSS, then the time to wake all 500.",
+    "wait (confirmed server-side by client port), peak client sockets, its CPU "
+    "over the idle window, RSS, then the time to wake all 500.",
     columns=(
         Column("conns", "server conns", "count", "max"),
         Column("peak_conns", "peak conns", "count", "max"),
         Column("cpu_pct", "idle CPU %", "pct"),
         Column("rss_mib", "RSS MiB", "mib"),
         Column("wake_ms", "wake all ms", "ms"),
-        ERRORS, LOST, DUP,
+        ERRORS,
+        LOST,
+        DUP,
     ),
     ratios=(
         Ratio("conns", "ours ÷ subject (conns)", "lower"),

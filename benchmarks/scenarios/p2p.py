@@ -24,16 +24,25 @@ P99 = Column("p99_ms", "p99 ms", "ms")
 RATE_RATIO = Ratio("rate", "ours ÷ subject (msgs/s)", "higher")
 
 
-def _run(cell: Cell, *, count: int, warm: int, concurrency: int, blob_bytes: int = 0,
-         window: int = 0) -> Metrics:
+def _run(
+    cell: Cell, *, count: int, warm: int, concurrency: int, blob_bytes: int = 0, window: int = 0
+) -> Metrics:
     run = DeliveryRun(cell)
     try:
         [channels] = run.start_receivers(
             [{"members": 1, "warm_total": warm, "expected_total": count}]
         )
-        run.start_sender(SENDER, deliveries_per_message=1, targets=channels, mode="send",
-                         concurrency=concurrency, count=count, warm=warm, blob_bytes=blob_bytes,
-                         window=window)
+        run.start_sender(
+            SENDER,
+            deliveries_per_message=1,
+            targets=channels,
+            mode="send",
+            concurrency=concurrency,
+            count=count,
+            warm=warm,
+            blob_bytes=blob_bytes,
+            window=window,
+        )
         run.prime()
         return run.measure().common_metrics()
     finally:
@@ -55,8 +64,14 @@ def run_p2p_50(cell: Cell) -> Metrics:
 def run_large(cell: Cell) -> Metrics:
     """One sender task, 1 MiB per message."""
     sizes = cell.sizes
-    return _run(cell, count=sizes.large_count, warm=sizes.large_warm, concurrency=1,
-                blob_bytes=MIB, window=LARGE_WINDOW)
+    return _run(
+        cell,
+        count=sizes.large_count,
+        warm=sizes.large_warm,
+        concurrency=1,
+        blob_bytes=MIB,
+        window=LARGE_WINDOW,
+    )
 
 
 def _no_large_notify(subject: Payload) -> str | None:
@@ -69,7 +84,7 @@ P2P_1 = Scenario(
     name="p2p_1",
     title="point-to-point, one sender task",
     measures="One task awaits each send() to a process-specific channel received in "
-             "another process. Sequential round trips to the server dominate.",
+    "another process. Sequential round trips to the server dominate.",
     columns=(RATE, P50, P99, LOST, DUP, ERRORS),
     ratios=(RATE_RATIO,),
     run=run_p2p_1,
@@ -79,7 +94,7 @@ P2P_50 = Scenario(
     name="p2p_50",
     title="point-to-point, 50 concurrent sender tasks",
     measures="50 tasks in one process, each awaiting its own send()s, to one channel "
-             "received in another process. Shows whether sends pipeline or batch.",
+    "received in another process. Shows whether sends pipeline or batch.",
     columns=(RATE, P50, P99, LOST, DUP, ERRORS),
     ratios=(RATE_RATIO,),
     run=run_p2p_50,
@@ -89,8 +104,8 @@ LARGE = Scenario(
     name="large_1mib",
     title="point-to-point, 1 MiB messages",
     measures="One task sends messages holding 1,048,576 random bytes (the spec requires at "
-             f"least 1 MB), with at most {LARGE_WINDOW} not yet acknowledged by the receiver. "
-             "Exercises the path for payloads NOTIFY cannot carry.",
+    f"least 1 MB), with at most {LARGE_WINDOW} not yet acknowledged by the receiver. "
+    "Exercises the path for payloads NOTIFY cannot carry.",
     columns=(RATE, P50, LOST, DUP, ERRORS),
     ratios=(RATE_RATIO, Ratio("p50_ms", "ours ÷ subject (p50)", "lower")),
     run=run_large,

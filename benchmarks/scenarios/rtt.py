@@ -65,8 +65,15 @@ async def pinger(ctx: AsyncContext) -> None:
         start = now_ns()
         await _round_trip(layer, target, channel, MEASURED, seq, state)
         rtts.append(now_ns() - start)
-    ctx.link.send("report", rtt_ns=rtts, first_ns=first_ns, end_ns=now_ns(),
-                  dup=state["stale"], errors=ctx.errors.count, error_samples=ctx.errors.samples)
+    ctx.link.send(
+        "report",
+        rtt_ns=rtts,
+        first_ns=first_ns,
+        end_ns=now_ns(),
+        dup=state["stale"],
+        errors=ctx.errors.count,
+        error_samples=ctx.errors.samples,
+    )
 
 
 async def _prime(layer: Any, target: str, channel: str, timeout: float) -> None:
@@ -82,8 +89,9 @@ async def _prime(layer: Any, target: str, channel: str, timeout: float) -> None:
     await asyncio.sleep(PROBE_INTERVAL_S)  # let in-flight probe pongs arrive now
 
 
-async def _round_trip(layer: Any, target: str, channel: str, kind: str, seq: int,
-                      state: dict[str, Any]) -> None:
+async def _round_trip(
+    layer: Any, target: str, channel: str, kind: str, seq: int, state: dict[str, Any]
+) -> None:
     await layer.send(target, {"type": kind, "seq": seq, "reply": channel})
     while True:
         pong = await layer.receive(channel)
@@ -99,16 +107,25 @@ def run_rtt(cell: Cell) -> Metrics:
     try:
         ponger_worker = cell.spawn(PONGER, "ponger")
         target = ponger_worker.expect("ready", sizes.step_timeout_s)["channel"]
-        pinger_worker = cell.spawn(PINGER, "pinger", target=target, count=sizes.rtt_count,
-                                   warm=sizes.rtt_warm, prime_timeout=sizes.step_timeout_s)
+        pinger_worker = cell.spawn(
+            PINGER,
+            "pinger",
+            target=target,
+            count=sizes.rtt_count,
+            warm=sizes.rtt_warm,
+            prime_timeout=sizes.step_timeout_s,
+        )
         pinger_worker.expect("primed", sizes.step_timeout_s)
         report = pinger_worker.expect_while_progressing(
-            "report", "done", sizes.stall_s, sizes.step_timeout_s + sizes.measure_timeout_s)
+            "report", "done", sizes.stall_s, sizes.step_timeout_s + sizes.measure_timeout_s
+        )
         if report is None:
             state = pinger_worker.progress()
             pinger_worker.dump_stacks()
-            raise Stuck(f"{pinger_worker.label}: no round trip completed for "
-                        f"{sizes.stall_s:.0f} s (progress: {state}; stacks in its log)")
+            raise Stuck(
+                f"{pinger_worker.label}: no round trip completed for "
+                f"{sizes.stall_s:.0f} s (progress: {state}; stacks in its log)"
+            )
         ponger_worker.tell("stop")
         echo = ponger_worker.expect("report", sizes.step_timeout_s)
         rtts = ns_to_ms(report["rtt_ns"])
@@ -129,12 +146,14 @@ RTT = Scenario(
     name="rtt",
     title="ping-pong round trip",
     measures="Two processes; the pinger awaits send() then receive() of the echo, one "
-             "round trip at a time, so the number is pure latency (no queueing).",
+    "round trip at a time, so the number is pure latency (no queueing).",
     columns=(
         Column("p50_ms", "p50 ms", "ms"),
         Column("p99_ms", "p99 ms", "ms"),
         Column("rate", "round trips/s", "rate"),
-        LOST, DUP, ERRORS,
+        LOST,
+        DUP,
+        ERRORS,
     ),
     ratios=(Ratio("p50_ms", "ours ÷ subject (p50)", "lower"),),
     run=run_rtt,

@@ -84,8 +84,16 @@ def sync_sender(ctx: SyncContext) -> None:
         took = caller.call(MEASURED, seq)
         if took is not None:
             durations.append(took)
-    link.send("sent", first_ns=first_ns, end_ns=now_ns(), call_ns=durations, ok=caller.ok,
-              attempted=attempted, errors=ctx.errors.count, error_samples=ctx.errors.samples)
+    link.send(
+        "sent",
+        first_ns=first_ns,
+        end_ns=now_ns(),
+        call_ns=durations,
+        ok=caller.ok,
+        attempted=attempted,
+        errors=ctx.errors.count,
+        error_samples=ctx.errors.samples,
+    )
 
 
 def run_sync(cell: Cell) -> Metrics:
@@ -93,12 +101,23 @@ def run_sync(cell: Cell) -> Metrics:
     sizes, monitor = cell.sizes, cell.monitor
     run = DeliveryRun(cell)
     try:
-        run.start_receivers([{"members": MEMBERS, "group": GROUP,
-                              "warm_total": sizes.sync_warm * MEMBERS,
-                              "expected_total": sizes.sync_calls * MEMBERS}])
-        sender = run.start_sender(SYNC_SENDER, deliveries_per_message=MEMBERS,
-                                  count=sizes.sync_calls, warm=sizes.sync_warm,
-                                  budget_s=sizes.sync_budget_s)
+        run.start_receivers(
+            [
+                {
+                    "members": MEMBERS,
+                    "group": GROUP,
+                    "warm_total": sizes.sync_warm * MEMBERS,
+                    "expected_total": sizes.sync_calls * MEMBERS,
+                }
+            ]
+        )
+        sender = run.start_sender(
+            SYNC_SENDER,
+            deliveries_per_message=MEMBERS,
+            count=sizes.sync_calls,
+            warm=sizes.sync_warm,
+            budget_s=sizes.sync_budget_s,
+        )
         with ConnectionSampler(monitor, sender.pid, cell.server) as sampler:
             run.prime()
             outcome = run.measure()
@@ -121,14 +140,16 @@ SYNC_GROUP_SEND = Scenario(
     name="sync_group_send",
     title="group_send() from sync code via async_to_sync",
     measures=f"A process with no event loop makes async_to_sync(layer.group_send) calls to a "
-             f"{MEMBERS}-member group received in another process; its sockets to the "
-             "server are sampled every 20 ms by the orchestrator.",
+    f"{MEMBERS}-member group received in another process; its sockets to the "
+    "server are sampled every 20 ms by the orchestrator.",
     columns=(
         Column("rate", "calls/s", "rate"),
         Column("call_p50_ms", "call p50 ms", "ms"),
         Column("peak_conns", "peak conns", "count", "max"),
         Column("final_conns", "final conns", "count", "max"),
-        LOST, DUP, ERRORS,
+        LOST,
+        DUP,
+        ERRORS,
     ),
     ratios=(Ratio("rate", "ours ÷ subject (calls/s)", "higher"),),
     run=run_sync,

@@ -121,9 +121,7 @@ class AwsRdsIamProvider(CredentialProvider):
                 except Exception as exc:
                     reason = _reason(exc)
                     if type(exc).__name__ == "NoRegionError":
-                        reason += (
-                            " Set 'region' in CONFIG['credentials'], or AWS_DEFAULT_REGION."
-                        )
+                        reason += " Set 'region' in CONFIG['credentials'], or AWS_DEFAULT_REGION."
                 else:
                     return self._client
                 raise CredentialsError(f"cannot create a boto3 RDS client for {self!r}: {reason}")
