@@ -38,6 +38,7 @@ import django
 django.setup()
 
 from channels_engines import EngineChannelLayer  # noqa: E402
+from tests.polling import payload_bytes  # noqa: E402
 
 
 def emit(event: str, **data: Any) -> None:
@@ -46,16 +47,6 @@ def emit(event: str, **data: Any) -> None:
 
 async def read_line() -> str:
     return (await asyncio.to_thread(sys.stdin.readline)).strip()
-
-
-def payload_bytes(size: int, seed: int) -> bytes:
-    # Same bytes as tests.pgtools.payload_bytes (not imported: it needs psutil and a DSN).
-    out = bytearray()
-    block = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}:{block}".encode()).digest()
-        block += 1
-    return bytes(out[:size])
 
 
 async def receive_job(layer: EngineChannelLayer, job: dict[str, Any]) -> None:

@@ -18,7 +18,6 @@ import secrets
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from channels_engines import EngineChannelLayer
+from tests.polling import payload_bytes, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_DSN = os.environ["CHANNELS_ENGINES_TEST_DSN"]
@@ -74,16 +74,6 @@ def run(coroutine: Any, timeout: float = 120.0) -> Any:
 
 def message(n: int, channel: str, size: int = 0) -> dict[str, Any]:
     return {"type": "test.message", "n": n, "ch": channel, "data": payload_bytes(size, n)}
-
-
-def payload_bytes(size: int, seed: int = 0) -> bytes:
-    """Deterministic, incompressible-looking bytes of ``size``."""
-    out = bytearray()
-    block = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}:{block}".encode()).digest()
-        block += 1
-    return bytes(out[:size])
 
 
 def digest(data: bytes) -> str:
@@ -175,37 +165,6 @@ class Admin:
     ) -> Any:
         """Poll ``check()`` (a server-side observation) until truthy; fail after ``timeout``."""
         return wait_for(check, what, timeout, every)
-
-
-def wait_for(
-    check: Callable[[], Any], what: str, timeout: float = 20.0, every: float = 0.02
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout:g} s waiting for {what} (last: {value!r})"
-            )
-        time.sleep(every)
-
-
-async def await_for(
-    check: Callable[[], Any], what: str, timeout: float = 20.0, every: float = 0.02
-) -> Any:
-    """Async twin of :func:`wait_for` for checks that do not block (engine counters)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout:g} s waiting for {what} (last: {value!r})"
-            )
-        await asyncio.sleep(every)
 
 
 @contextlib.contextmanager

@@ -16,7 +16,6 @@ Nothing here reaches the network beyond the loopback interface.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import hashlib
@@ -24,8 +23,7 @@ import hmac
 import json
 import secrets
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -408,20 +406,6 @@ def users_of(pg: EmbeddedPostgres, app: str) -> list[str | None]:
             [app],
         ).fetchall()
     return [row[0] for row in rows]
-
-
-async def eventually(check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    """Poll ``check()`` until it is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout:g} s waiting for {what} (last: {value!r})"
-            )
-        await asyncio.sleep(0.02)
 
 
 @dataclass

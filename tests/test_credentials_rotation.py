@@ -56,12 +56,11 @@ from tests.pgtools import (
     Admin,
     Child,
     LogCapture,
-    await_for,
     engine_of,
     run,
     unique,
-    wait_for,
 )
+from tests.polling import await_for, wait_for
 
 # They start their own password-checking server, so they run once, not per server version.
 pytestmark = [pytest.mark.postgres, pytest.mark.own_server]

@@ -20,10 +20,10 @@ from channels_engines import EngineChannelLayer, InvalidConfigError
 from channels_engines.credentials import CredentialsError, resolve_provider
 from channels_engines.credentials.vault import VaultProvider
 from channels_engines.embedded import EmbeddedPostgres
+from tests.polling import await_for
 from tests.standins import (
     AppTables,
     VaultStandIn,
-    eventually,
     role_exists,
     scram_server,
     users_of,
@@ -324,7 +324,7 @@ def test_the_engine_connects_as_the_vault_user_and_renewal_keeps_it(
         assert user.startswith("v-token-chat-")
         assert set(users_of(pg, app)) == {user}
 
-        await eventually(lambda: vault.renewed >= 2, "two renewals of the lease")
+        await await_for(lambda: vault.renewed >= 2, "two renewals of the lease")
         assert cache.current.user == user
         assert (vault.generated, cache.rotations) == (1, 0)
         await layer.send(channel, {"type": "again"})
@@ -374,7 +374,7 @@ def test_after_vault_revokes_the_lease_the_engine_moves_to_new_credentials(
         assert second != first
         assert second.startswith("v-token-chat-")
         assert vault.generated == 2
-        await eventually(lambda: set(users_of(pg, app)) == {second}, "only new sessions")
+        await await_for(lambda: set(users_of(pg, app)) == {second}, "only new sessions")
         await layer.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))

@@ -44,7 +44,6 @@ from tests.pgtools import (
     Child,
     LogCapture,
     Sampler,
-    await_for,
     client_connections,
     config,
     database_alias,
@@ -54,11 +53,10 @@ from tests.pgtools import (
     engine_of,
     make_layer,
     message,
-    payload_bytes,
     run,
     unique,
-    wait_for,
 )
+from tests.polling import await_for, payload_bytes, wait_for
 
 pytestmark = pytest.mark.postgres
 

@@ -33,7 +33,6 @@ from tests.pgtools import (
     Admin,
     Child,
     LogCapture,
-    await_for,
     config,
     database_alias,
     digest,
@@ -41,11 +40,10 @@ from tests.pgtools import (
     engine_of,
     make_layer,
     message,
-    payload_bytes,
     run,
     unique,
-    wait_for,
 )
+from tests.polling import await_for, payload_bytes, wait_for
 
 pytestmark = pytest.mark.postgres
 

@@ -28,6 +28,8 @@ import psycopg
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests import polling
+
 ROOT = Path(__file__).resolve().parents[2]
 CHAT_DIR = ROOT / "examples" / "chat"
 ARTIFACTS = ROOT / "test-artifacts" / "e2e"
@@ -58,15 +60,8 @@ def free_port() -> int:
 
 
 def wait_for(check: Callable[[], T], what: str, timeout: float = MESSAGE_TIMEOUT) -> T:
-    """Poll ``check()`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.1)
+    """Poll ``check()`` (a server or process observation) until it returns something truthy."""
+    return polling.wait_for(check, what, timeout, every=0.1)
 
 
 def run(coroutine: Any, timeout: float = 60.0) -> Any:
