@@ -14,7 +14,7 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable
 
-__all__ = ["call_before_close", "cancel_before_close"]
+__all__ = ["call_before_close", "cancel_before_close", "closing"]
 
 logger = logging.getLogger("channels_engines")
 
@@ -24,6 +24,7 @@ _lock = threading.Lock()
 _cleanups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[object, Cleanup]] = (
     weakref.WeakKeyDictionary()
 )
+_closing: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 
 
 def call_before_close(loop: asyncio.AbstractEventLoop, key: object, cleanup: Cleanup) -> bool:
@@ -51,6 +52,12 @@ def cancel_before_close(loop: asyncio.AbstractEventLoop, key: object) -> None:
             registered.pop(key, None)
 
 
+def closing(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` is running the cleanups that precede its ``close()``: what they
+    release will not be needed on this loop again."""
+    return loop in _closing
+
+
 def _wrap_close(loop: asyncio.AbstractEventLoop) -> bool:
     original = loop.close
 
@@ -58,11 +65,15 @@ def _wrap_close(loop: asyncio.AbstractEventLoop) -> bool:
         with _lock:
             cleanups = list(_cleanups.pop(loop, {}).values())
         if cleanups and not loop.is_closed() and not loop.is_running():
-            for cleanup in cleanups:
-                try:
-                    loop.run_until_complete(cleanup())
-                except Exception:
-                    logger.exception("Cleanup before closing an event loop failed")
+            _closing.add(loop)
+            try:
+                for cleanup in cleanups:
+                    try:
+                        loop.run_until_complete(cleanup())
+                    except Exception:
+                        logger.exception("Cleanup before closing an event loop failed")
+            finally:
+                _closing.discard(loop)
         original()
 
     try:

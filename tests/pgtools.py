@@ -217,6 +217,8 @@ class Sampler:
         self.samples = 0
         self.max_connections = 0
         self.server_max = 0
+        #: Every backend PID seen with ``app`` as application_name.
+        self.backends: set[int] = set()
         self.advisory_seen = 0
         self.session_locks: list[tuple[Any, ...]] = []
         self.errors: list[BaseException] = []
@@ -227,7 +229,9 @@ class Sampler:
         held = client_connections(self.admin.port)
         self.max_connections = max(self.max_connections, held)
         if self.app is not None:
-            self.server_max = max(self.server_max, self.admin.count(self.app))
+            backends = self.admin.backends(self.app)
+            self.backends.update(backends)
+            self.server_max = max(self.server_max, len(backends))
             locks = self.admin.advisory_locks(self.app)
             self.advisory_seen += len(locks)
             for pid, classid, objid, objsubid, _granted, state in locks:

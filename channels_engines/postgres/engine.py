@@ -26,6 +26,7 @@ from .. import __version__
 from ..credentials import CREDENTIALS_OPTION
 from ..engine import BaseChannelEngine, EngineConfig, Requirement
 from ..exceptions import ChannelLayerClosed
+from ..loops import closing
 from ..mailbox import Mailbox
 from ..options import Option
 from ..validation import non_local_name
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
     from .connection import ConnectionSettings
     from .listener import Listener
-    from .pool import ConnectionPool
+    from .pool import ConnectionPool, IdleHandoff
     from .schema import Statements
 
 __all__ = ["PostgresEngine"]
@@ -192,10 +193,13 @@ class PostgresEngine(BaseChannelEngine):
 
         options = config.options
         tables = Tables(options["schema"], options["table_prefix"], options["unlogged"])
+        from .pool import IdleHandoff
+
         return _Shared(
             connection=ConnectionSettings(options, config.where),
             statements=Statements(tables),
             namespace=tables.namespace,
+            handoff=IdleHandoff(options["pool_max_size"]),
         )
 
     def __init__(self, config: EngineConfig, shared: Any, *, client_id: str) -> None:
@@ -335,7 +339,9 @@ class PostgresEngine(BaseChannelEngine):
             cache.unsubscribe(self)
         pool, self._pool = self._pool, None
         if pool is not None:
-            await pool.close()
+            # When the loop itself is ending (async_to_sync, asyncio.run), its idle
+            # connections are left to the next loop; an explicit close releases them all.
+            await pool.close(hand_off=closing(asyncio.get_running_loop()))
 
     # Sending -----------------------------------------------------------------------
 
@@ -637,6 +643,8 @@ class PostgresEngine(BaseChannelEngine):
                     timeout=options["pool_timeout"],
                     check_after=options["heartbeat_interval"],
                     describe=self.shared.connection.describe("pool"),
+                    handoff=self.shared.handoff,
+                    tag=self._login,
                 )
                 try:
                     await self.shared.ensure_tables(pool, self)
@@ -648,6 +656,11 @@ class PostgresEngine(BaseChannelEngine):
                 if cache is not None:
                     cache.subscribe(self, self._credentials_changed)
             return self._pool
+
+    def _login(self) -> object:
+        """What pooled connections log in with now (None: fixed settings or an alias)."""
+        cache = self.shared.connection.credentials
+        return None if cache is None else cache.current
 
     async def _connect_pooled(self) -> AsyncConnection[tuple[Any, ...]]:
         return await self.shared.connection.connect("pool")
@@ -716,6 +729,8 @@ class _Shared:
     connection: ConnectionSettings
     statements: Statements
     namespace: str
+    #: Idle pool connections passed from a closing event loop to the next one.
+    handoff: IdleHandoff
     mailbox: Mailbox = field(default_factory=Mailbox)
     lock: threading.Lock = field(default_factory=threading.Lock)
     claiming: set[str] = field(default_factory=set)

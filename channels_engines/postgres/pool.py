@@ -5,6 +5,10 @@ for a while, and closed by whoever finds them unusable. Nothing runs in the back
 nothing is left behind when ``asyncio.run`` or ``async_to_sync`` ends its event loop: the
 workers of psycopg_pool's async pool catch cancellation while connecting and can keep such
 a loop from ever finishing its shutdown.
+
+An :class:`IdleHandoff` carries idle connections from the pool of an event loop that is
+closing to the pool of the next loop, so that ``async_to_sync`` calls, each on a new
+loop, do not each open a server connection.
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import select
+import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +32,7 @@ from psycopg.pq import TransactionStatus
 
 from .connection import answers_within
 
-__all__ = ["ConnectionPool", "PoolClosed", "PoolTimeout"]
+__all__ = ["ConnectionPool", "IdleHandoff", "PoolClosed", "PoolTimeout"]
 
 logger = logging.getLogger("channels_engines.postgres")
 
@@ -49,6 +56,67 @@ class _Entry:
     returned_at: float = field(default_factory=time.monotonic)
 
 
+class IdleHandoff:
+    """Idle connections left by a closing event loop's pool for the next loop's pool.
+
+    At most ``limit`` are kept, for any number of threads. A connection is taken only with
+    the same ``tag`` it was left with (the credentials it logged in with); others are
+    closed. Whatever is still here when the hand-off is garbage-collected or the process
+    exits is closed, except in a forked child, whose inherited sockets belong to the
+    parent.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._entries: list[tuple[_Entry, object]] = []
+        weakref.finalize(self, _close_entries, self._entries, os.getpid())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, entries: list[_Entry], tag: object) -> list[_Entry]:
+        """Keep what fits; return the rest, for the caller to close."""
+        with self._lock:
+            room = max(0, self._limit - len(self._entries))
+            self._entries.extend((entry, tag) for entry in entries[:room])
+        return entries[room:]
+
+    def take(self, tag: object) -> _Entry | None:
+        """The connection left last with ``tag``; those left with another tag are closed."""
+        with self._lock:
+            stale = [entry for entry, left_with in self._entries if left_with is not tag]
+            self._entries[:] = [item for item in self._entries if item[1] is tag]
+            entry = self._entries.pop()[0] if self._entries else None
+        _close_entries([(old, None) for old in stale], os.getpid())
+        return entry
+
+    def clear(self) -> None:
+        """Close every connection kept here."""
+        with self._lock:
+            entries, self._entries[:] = list(self._entries), []
+        _close_entries(entries, os.getpid())
+
+
+def _close_entries(entries: list[tuple[_Entry, object]], owner_pid: int) -> None:
+    if os.getpid() != owner_pid:
+        return  # a forked child: the sockets are the parent's sessions
+    for entry, _ in entries:
+        _close_now(entry.conn)
+
+
+def _close_now(conn: Connection) -> None:
+    """Close without awaiting: nothing runs on an idle connection, so nothing is cut."""
+    if not conn.closed:
+        conn.pgconn.finish()
+
+
+def _loop_free(conn: Connection) -> bool:
+    """Whether ``conn`` can move to another event loop: its lock never had to wait, so
+    it is bound to no loop (asyncio primitives bind to a loop on first contention)."""
+    return getattr(conn.lock, "_loop", None) is None
+
+
 class ConnectionPool:
     """At most ``max_size`` autocommit connections, opened on demand.
 
@@ -56,6 +124,8 @@ class ConnectionPool:
     before use (the server may have ended it, e.g. through idle_session_timeout).
     ``max_idle``: idle connections beyond ``min_size`` are closed after this long.
     ``max_lifetime``: connections are replaced after about this long (±10 %).
+    ``handoff``: where :meth:`close` with ``hand_off=True`` leaves idle connections, and
+    where the pool looks before opening one; ``tag()`` names the login they belong to.
     """
 
     def __init__(
@@ -69,8 +139,12 @@ class ConnectionPool:
         max_idle: float = 600.0,
         max_lifetime: float = 3600.0,
         describe: str = "",
+        handoff: IdleHandoff | None = None,
+        tag: Callable[[], object] = lambda: None,
     ) -> None:
         self._connect = connect
+        self._handoff = handoff
+        self._tag = tag
         self._min_size = min_size
         self._max_size = max_size
         self._timeout = timeout
@@ -102,14 +176,40 @@ class ConnectionPool:
     async def drain(self) -> None:
         """Replace every connection: idle ones now, those in use when returned."""
         self._generation += 1
+        if self._handoff is not None:
+            self._handoff.clear()
         idle, self._idle = self._idle, []
         for entry in idle:
             await self._discard(entry)
 
-    async def close(self) -> None:
-        """Close idle connections now and those in use when returned; refuse new work."""
+    async def close(self, *, hand_off: bool = False) -> None:
+        """Close idle connections now and those in use when returned; refuse new work.
+
+        With ``hand_off``, idle connections go to the hand-off instead, as many as it
+        keeps, for the pool of the next event loop.
+        """
         self._closed = True
-        await self.drain()
+        if hand_off and self._handoff is not None:
+            now = time.monotonic()
+            usable = [
+                entry
+                for entry in self._idle
+                if entry.generation == self._generation
+                and now < entry.expires_at
+                and not entry.conn.closed
+                and _loop_free(entry.conn)
+            ]
+            self._idle = [entry for entry in self._idle if entry not in usable]
+            kept = len(usable) - len(rest := self._handoff.put(usable, self._tag()))
+            self._size -= kept
+            self._idle += rest
+        else:
+            self._generation += 1
+            if self._handoff is not None:
+                self._handoff.clear()
+        idle, self._idle = self._idle, []
+        for entry in idle:
+            await self._discard(entry)
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -136,7 +236,7 @@ class ConnectionPool:
         while True:
             if self._closed:
                 raise PoolClosed("the channel layer's connection pool is closed")
-            entry = await self._take_idle()
+            entry = await self._take_idle() or await self._adopt()
             if entry is not None:
                 return entry
             if self._size < self._max_size:
@@ -198,6 +298,20 @@ class ConnectionPool:
                     await self._discard(entry)
                     continue
             return entry
+        return None
+
+    async def _adopt(self) -> _Entry | None:
+        """A connection from the hand-off, checked like an idle one of this pool."""
+        while self._handoff is not None and self._size < self._max_size:
+            entry = self._handoff.take(self._tag())
+            if entry is None:
+                return None
+            self._size += 1
+            entry.generation = self._generation
+            self._idle.append(entry)
+            taken = await self._take_idle()
+            if taken is not None:
+                return taken
         return None
 
     async def _open(self, deadline: float) -> Connection:
