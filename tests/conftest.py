@@ -9,6 +9,7 @@ reached fails the tests; nothing is skipped for a missing service.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import django
 import pytest
@@ -29,6 +30,23 @@ def _test_dsn() -> str:
 os.environ["CHANNELS_ENGINES_TEST_DSN"] = _test_dsn()
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 django.setup()
+
+from tests.pgtools import Admin, dropped_afterwards, unique  # noqa: E402  (needs the DSN)
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """This test's table prefix; its tables are dropped afterwards."""
+    name = unique("ce_t") + "_"
+    with dropped_afterwards(name):
+        yield name
+
+
+@pytest.fixture
+def admin() -> Iterator[Admin]:
+    """A superuser connection for looking at the server from outside the layer."""
+    with Admin() as connection:
+        yield connection
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

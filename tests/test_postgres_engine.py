@@ -20,7 +20,6 @@ import sys
 import threading
 import warnings
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -66,20 +65,6 @@ pytestmark = pytest.mark.postgres
 def app() -> str:
     """This test's application_name."""
     return unique("ce_t")
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    """This test's tables, dropped afterwards."""
-    name = unique("ce_t") + "_"
-    with dropped_afterwards(name):
-        yield name
-
-
-@pytest.fixture
-def admin() -> Iterator[Admin]:
-    with Admin() as connection:
-        yield connection
 
 
 # 1. Connection budget ------------------------------------------------------------------

@@ -48,19 +48,6 @@ from tests.polling import await_for, payload_bytes, wait_for
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    name = unique("ce_f") + "_"
-    with dropped_afterwards(name):
-        yield name
-
-
-@pytest.fixture
-def admin() -> Iterator[Admin]:
-    with Admin() as connection:
-        yield connection
-
-
 def listening_backend(admin: Admin, app: str, known: list[int]) -> int | None:
     """The backend of ``app`` that is not in ``known`` and has run LISTEN, if there is one.
 
