@@ -117,7 +117,8 @@ class PostgresEngine(BaseChannelEngine):
             (int,),
             2,
             "Most connections the pool opens (per process and event loop), "
-            "besides the one LISTEN connection.",
+            "besides the one LISTEN connection; also how many idle ones an ending "
+            "event loop (async_to_sync) leaves open for the next.",
             minimum=1,
         ),
         "pool_timeout": Option(
