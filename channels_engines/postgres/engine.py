@@ -446,7 +446,13 @@ class PostgresEngine(BaseChannelEngine):
         return self._listener
 
     async def _connect_listener(self) -> AsyncConnection[tuple[Any, ...]]:
-        return await self.shared.connection.connect("listen")
+        conn = await self.shared.connection.connect("listen")
+        try:
+            await conn.execute(self.shared.statements.listener_session)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
 
     async def _notify(self, identifier: str, payload: str) -> None:
         async with self._connection() as conn:
