@@ -9,6 +9,7 @@ per-channel order, and every receive() that was waiting keeps waiting and gets i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -18,7 +19,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import psutil
@@ -393,9 +394,36 @@ def test_a_send_while_the_server_is_down_raises_and_sends_work_again_once_it_is_
     run(scenario())
 
 
-def _stop_backend(pid: int) -> None:
+@contextlib.asynccontextmanager
+async def stopped_backend(pid: int) -> AsyncIterator[None]:
+    """SIGSTOP a server backend: its TCP connection stays up, but nothing answers."""
     os.kill(pid, signal.SIGSTOP)
-    wait_for(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED, "backend stopped")
+    try:
+        await asyncio.to_thread(
+            wait_for,
+            lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED,
+            "backend stopped",
+        )
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+async def listening_layer(dsn: str, prefix: str, **options: Any) -> tuple[Any, str, Any]:
+    """A layer whose listener heartbeats every 0.2 s and has received once: (layer, its
+    channel, its listener)."""
+    layer = make_layer(
+        unique("ce_f"),
+        prefix=prefix,
+        dsn=dsn,
+        heartbeat_interval=0.2,
+        heartbeat_timeout=0.3,
+        **options,
+    )
+    channel = await layer.new_channel()
+    await layer.send(channel, {"n": 0})
+    assert await layer.receive(channel) == {"n": 0}
+    return layer, channel, engine_of(layer)._listener
 
 
 @pytest.mark.own_server
@@ -403,29 +431,16 @@ def test_a_hung_listener_backend_is_replaced_and_nothing_is_lost(
     restartable: EmbeddedPostgres,
 ) -> None:
     """SIGSTOP of the LISTEN backend: TCP stays up, only the heartbeat can notice."""
-    pg = restartable
-    dsn = pg.dsn()
+    dsn = restartable.dsn()
     prefix = unique("ce_f") + "_"
     with dropped_afterwards(prefix, dsn=dsn):
 
         async def scenario() -> None:
-            layer = make_layer(
-                unique("ce_f"),
-                prefix=prefix,
-                dsn=dsn,
-                heartbeat_interval=0.2,
-                heartbeat_timeout=0.3,
-                sweep_interval=3600.0,
-            )
+            layer, channel, listener = await listening_layer(dsn, prefix, sweep_interval=3600.0)
             sender = make_layer(unique("ce_f"), prefix=prefix, dsn=dsn)
-            channel = await layer.new_channel()
-            await sender.send(channel, {"n": 0})
-            assert await layer.receive(channel) == {"n": 0}
-            listener = engine_of(layer)._listener
             hung = listener.backend_pid
             waiting = asyncio.ensure_future(layer.receive(channel))
-            await asyncio.to_thread(_stop_backend, hung)
-            try:
+            async with stopped_backend(hung):
                 for n in (1, 2, 3):
                     await sender.send(channel, {"n": n})
                 assert await asyncio.wait_for(waiting, 30) == {"n": 1}
@@ -433,8 +448,6 @@ def test_a_hung_listener_backend_is_replaced_and_nothing_is_lost(
                 assert listener.reconnects == 1
                 assert listener.backend_pid not in (None, hung)
                 assert psutil.Process(hung).status() == psutil.STATUS_STOPPED  # no SIGCONT
-            finally:
-                os.kill(hung, signal.SIGCONT)
             await sender.close()
             await layer.close()
 
@@ -445,30 +458,15 @@ def test_a_hung_listener_backend_is_replaced_and_nothing_is_lost(
 def test_the_heartbeat_timeout_itself_abandons_a_hung_listener_connection(
     restartable: EmbeddedPostgres,
 ) -> None:
-    pg = restartable
-    dsn = pg.dsn()
+    dsn = restartable.dsn()
     prefix = unique("ce_f") + "_"
     with dropped_afterwards(prefix, dsn=dsn):
 
         async def scenario() -> None:
-            layer = make_layer(
-                unique("ce_f"),
-                prefix=prefix,
-                dsn=dsn,
-                heartbeat_interval=0.2,
-                heartbeat_timeout=0.3,
-            )
-            channel = await layer.new_channel()
-            await layer.send(channel, {"n": 0})
-            assert await layer.receive(channel) == {"n": 0}
-            listener = engine_of(layer)._listener
-            hung = listener.backend_pid
+            layer, _, listener = await listening_layer(dsn, prefix)
             with LogCapture("psycopg", logging.WARNING) as psycopg_log:
-                await asyncio.to_thread(_stop_backend, hung)
-                try:
+                async with stopped_backend(listener.backend_pid):
                     await await_for(lambda: listener.reconnects == 1, "a new listener", 30)
-                finally:
-                    os.kill(hung, signal.SIGCONT)
             # Not psycopg's fallback ("query not terminated after cancellation: closing
             # connection", after its own 5 s wait): the engine gave up on the connection.
             assert psycopg_log.at_least(logging.WARNING) == []
@@ -494,16 +492,14 @@ def test_a_checkout_cancelled_during_the_health_check_closes_its_connection(
             timeout=30.0,
             check_after=0.0,
         )
-        async with pool.connection() as conn:
-            pid = conn.info.backend_pid
-        checked = conn
-        await asyncio.to_thread(_stop_backend, pid)
-        try:
+        async with pool.connection() as checked:
+            pid = checked.info.backend_pid
 
-            async def checkout() -> None:
-                async with pool.connection():
-                    raise AssertionError("the checked connection cannot have answered")
+        async def checkout() -> None:
+            async with pool.connection():
+                raise AssertionError("the checked connection cannot have answered")
 
+        async with stopped_backend(pid):
             caller = asyncio.ensure_future(checkout())
             await await_for(lambda: not pool._idle, "the health check to start")
             caller.cancel()
@@ -511,8 +507,6 @@ def test_a_checkout_cancelled_during_the_health_check_closes_its_connection(
                 await caller
             assert checked.closed
             assert pool.size == 0
-        finally:
-            os.kill(pid, signal.SIGCONT)
         async with pool.connection() as conn:  # the slot is usable again
             assert (await (await conn.execute("SELECT 1")).fetchone()) == (1,)
         await pool.close()
