@@ -13,54 +13,31 @@ fastest reasonable use of the library avoids it.
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Coroutine
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from benchmarks.raw_router import LocalRouter, Message, group_topic, pack, split_channel, unpack
+from benchmarks.raw_router import Message, RawFloor, group_topic, pack, split_channel, unpack
 
 
-class RawRedisLayer:
+class RawRedisLayer(RawFloor):
     """The thinnest adapter giving Redis pub/sub the channel-layer calls."""
 
-    extensions = ["groups", "flush"]
-
     def __init__(self, url: str, *, per_call_connections: bool = False) -> None:
+        super().__init__(per_call_connections=per_call_connections)
         self._url = url
-        self._per_call = per_call_connections
-        self._router = LocalRouter()
         self._client: Redis | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._lock: asyncio.Lock | None = None
-
-    async def new_channel(self, prefix: str = "specific") -> str:
-        """A process-specific channel (the prefix is irrelevant to the floor)."""
-        return self._router.new_channel()
 
     async def send(self, channel: str, message: Message) -> None:
         """One PUBLISH to the receiving process' topic."""
         topic, local = split_channel(channel)
         await self._publish(topic, pack({"c": local, "m": message}))
 
-    async def group_add(self, group: str, channel: str) -> None:
-        """Local membership; must happen before the first receive (one SUBSCRIBE batch)."""
-        if self._reader is not None:
-            raise RuntimeError("raw floor: group_add after the first receive is not supported")
-        self._router.add_member(group, channel)
-
     async def group_send(self, group: str, message: Message) -> None:
         """One PUBLISH on the group topic; each subscribed process fans out locally."""
         await self._publish(group_topic(group), pack(message))
-
-    async def receive(self, channel: str) -> Message:
-        """Wait on the channel's local queue, subscribing first if needed."""
-        if self._reader is None:
-            await self._start_reader()
-        return await self._router.queue(channel).get()
-
-    async def flush(self) -> None:
-        """Nothing is stored, so nothing to flush."""
 
     def _get_client(self) -> Redis:
         if self._client is None:
@@ -69,7 +46,7 @@ class RawRedisLayer:
 
     async def _publish(self, topic: str, data: bytes) -> None:
         if self._per_call:
-            # A new event loop per async_to_sync call: the client cannot outlive it.
+            # A new event loop per async_to_sync call, and nothing kept between loops.
             client = Redis.from_url(self._url, protocol=2)
             try:
                 await client.publish(topic, data)
@@ -78,15 +55,10 @@ class RawRedisLayer:
             return
         await self._get_client().publish(topic, data)
 
-    async def _start_reader(self) -> None:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._reader is not None:
-                return
-            pubsub = self._get_client().pubsub()
-            await pubsub.subscribe(self._router.topic, *self._router.group_topics)
-            self._reader = asyncio.create_task(self._read(pubsub))
+    async def _listen(self) -> Coroutine[Any, Any, None]:
+        pubsub = self._get_client().pubsub()
+        await pubsub.subscribe(self._router.topic, *self._router.group_topics)
+        return self._read(pubsub)
 
     async def _read(self, pubsub: PubSub) -> None:
         own = self._router.topic.encode()

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import hashlib
 import uuid
+from collections.abc import Coroutine
 from typing import Any
 
 import msgpack
@@ -88,3 +89,48 @@ class LocalRouter:
         """Fan a group message out to the local members (one notification per process)."""
         for channel in self._members.get(topic, ()):
             self.queue(channel).put_nowait(message)
+
+
+class RawFloor:
+    """What both raw floors share: local routing, and one reader task per process.
+
+    Subclasses send with one NOTIFY/PUBLISH per call and implement :meth:`_listen`.
+    """
+
+    extensions = ["groups", "flush"]
+
+    def __init__(self, *, per_call_connections: bool) -> None:
+        self._per_call = per_call_connections
+        self._router = LocalRouter()
+        self._reader: asyncio.Task[None] | None = None
+        self._lock: asyncio.Lock | None = None
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        """A process-specific channel (the prefix is irrelevant to the floor)."""
+        return self._router.new_channel()
+
+    async def group_add(self, group: str, channel: str) -> None:
+        """Local membership; must happen before the first receive (one subscription)."""
+        if self._reader is not None:
+            raise RuntimeError("raw floor: group_add after the first receive is not supported")
+        self._router.add_member(group, channel)
+
+    async def receive(self, channel: str) -> Message:
+        """Wait on the channel's local queue, subscribing first if needed."""
+        if self._reader is None:
+            async with self._get_lock():
+                if self._reader is None:
+                    self._reader = asyncio.create_task(await self._listen())
+        return await self._router.queue(channel).get()
+
+    async def flush(self) -> None:
+        """Nothing is stored, so nothing to flush."""
+
+    def _get_lock(self) -> asyncio.Lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    async def _listen(self) -> Coroutine[Any, Any, None]:
+        """Subscribe to this process' topic and its group topics; return the reader loop."""
+        raise NotImplementedError
