@@ -7,7 +7,6 @@ test waits for a refresh window to come.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import importlib
 import json
@@ -51,6 +50,7 @@ from channels_engines.credentials.builtin import (
     StaticProvider,
 )
 from tests.pg_backend import base as counting_backend
+from tests.pgtools import database_alias
 
 SENTINEL = "SENTINEL-p4ssw0rd-never-shown"
 WHERE = "CHANNEL_LAYERS['default']"
@@ -563,23 +563,6 @@ def test_a_kubernetes_style_symlink_swap_is_followed(tmp_path: Path) -> None:
 
 
 # django ------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def database_alias(alias: str, entry: dict[str, Any]) -> Iterator[None]:
-    from django.conf import settings
-    from django.db import connections
-
-    settings.DATABASES[alias] = entry
-    configured = connections.configure_settings(
-        {"default": dict(settings.DATABASES["default"]), alias: dict(entry)}
-    )
-    connections.settings[alias] = configured[alias]
-    try:
-        yield
-    finally:
-        del settings.DATABASES[alias]
-        connections.settings.pop(alias, None)
 
 
 def test_django_asks_the_aliases_own_backend_every_time() -> None:
