@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0.dev0"
-
+from ._version import __version__
 from .credentials import (
     CredentialProvider,
     Credentials,
     CredentialsError,
     register_credential_provider,
 )
-from .engine import BaseChannelEngine, EngineConfig, Requirement
+from .engine import BaseChannelEngine, EngineConfig
 from .engines import EngineInfo, available_engines, register_engine
 from .exceptions import (
     AlreadyRegisteredError,
@@ -22,6 +21,7 @@ from .exceptions import (
 from .layer import EngineChannelLayer
 from .mailbox import Mailbox
 from .options import Option
+from .requirements import Requirement
 from .validation import non_local_name
 
 __all__ = [

@@ -11,36 +11,16 @@ one process receives.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .options import Option
+from .requirements import Requirement
 from .validation import non_local_name
 
 __all__ = ["BaseChannelEngine", "EngineConfig", "Requirement"]
-
-
-@dataclass(frozen=True)
-class Requirement:
-    """An importable module an engine needs, and how to install it."""
-
-    module: str
-    package: str
-    extra: str | None = None
-
-    def installed(self) -> bool:
-        try:
-            return importlib.util.find_spec(self.module) is not None
-        except (ImportError, ValueError):
-            return False
-
-    def install_hint(self) -> str:
-        if self.extra:
-            return f"pip install 'channels-engines[{self.extra}]'"
-        return f"pip install '{self.package}'"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import time
 
 from channels.exceptions import ChannelFull
 
-from . import __version__
+from ._version import __version__
 from .engine import BaseChannelEngine, EngineConfig
 from .mailbox import Mailbox
 from .validation import non_local_name

@@ -13,8 +13,8 @@ import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ..engine import Requirement
 from ..options import Option
+from ..requirements import Requirement
 from .base import CredentialProvider, Credentials, CredentialsError
 
 __all__ = ["AwsRdsIamProvider"]

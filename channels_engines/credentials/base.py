@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, ClassVar, NoReturn
 
-from ..engine import Requirement
 from ..options import Option
 from ..redaction import Secret
+from ..requirements import Requirement
 
 __all__ = ["CredentialProvider", "Credentials", "CredentialsError", "Secret"]
 

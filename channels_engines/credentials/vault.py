@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ..engine import Requirement
 from ..options import Option
+from ..requirements import Requirement
 from .base import CredentialProvider, Credentials, CredentialsError, Secret
 
 __all__ = ["VaultProvider"]

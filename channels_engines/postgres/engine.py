@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import threading
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterable
@@ -22,14 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from channels.exceptions import ChannelFull
 
-from .. import __version__
-from ..credentials import CREDENTIALS_OPTION
+from .._version import __version__
 from ..engine import BaseChannelEngine, EngineConfig, Requirement
 from ..exceptions import ChannelLayerClosed
 from ..loops import closing
 from ..mailbox import Mailbox
-from ..options import Option
 from ..validation import non_local_name
+from .options import OPTIONS
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -52,18 +50,6 @@ _CLEANUP_BATCH = 5000
 # Dropped-message warnings are repeated at most this often (seconds).
 _WARN_EVERY = 60.0
 
-_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*", re.ASCII)
-
-
-def _positive(value: Any) -> str | None:
-    return None if value > 0 else "a number > 0"
-
-
-def _identifier(value: Any) -> str | None:
-    if _IDENTIFIER.fullmatch(value) and len(value) <= 40:
-        return None
-    return "a lower-case SQL identifier of at most 40 characters ([a-z_][a-z0-9_]*)"
-
 
 class PostgresEngine(BaseChannelEngine):
     """Channels over PostgreSQL LISTEN/NOTIFY, with messages kept in a table."""
@@ -73,117 +59,7 @@ class PostgresEngine(BaseChannelEngine):
     description = "PostgreSQL LISTEN/NOTIFY with messages in a table (psycopg 3)."
     extensions = ("groups", "flush")
     requires = (Requirement("psycopg", "psycopg", "postgres"),)
-    options = {
-        "credentials": CREDENTIALS_OPTION,
-        "database": Option(
-            (str,),
-            None,
-            "DATABASES alias whose connection settings (through its own backend) are reused; "
-            "'default' when neither 'dsn' nor 'connection' is given.",
-            nullable=True,
-        ),
-        "dsn": Option(
-            (str,),
-            None,
-            "libpq connection string or postgresql:// URL.",
-            nullable=True,
-            secret=True,
-        ),
-        "connection": Option(
-            (dict,),
-            None,
-            "libpq keywords (host, port, dbname, user, sslmode, ...); "
-            "added to or overriding 'dsn'.",
-            nullable=True,
-            secret=True,
-        ),
-        "listen_dsn": Option(
-            (str,),
-            None,
-            "Separate target for the LISTEN connection, e.g. the primary "
-            "directly when 'dsn' goes through PgBouncer in transaction mode.",
-            nullable=True,
-            secret=True,
-        ),
-        "listen_connection": Option(
-            (dict,),
-            None,
-            "libpq keywords for the LISTEN connection.",
-            nullable=True,
-            secret=True,
-        ),
-        "pool_min_size": Option((int,), 1, "Connections the pool keeps open.", minimum=0),
-        "pool_max_size": Option(
-            (int,),
-            2,
-            "Most connections the pool opens (per process and event loop), "
-            "besides the one LISTEN connection; also how many idle ones an ending "
-            "event loop (async_to_sync) leaves open for the next.",
-            minimum=1,
-        ),
-        "pool_timeout": Option(
-            (float,),
-            10.0,
-            "Seconds an operation waits for a pool connection before failing.",
-            check=_positive,
-            describe_as="a number > 0",
-        ),
-        "heartbeat_interval": Option(
-            (float,),
-            5.0,
-            "Seconds of silence after which the listener checks its connection "
-            "(keep it below any idle_session_timeout or proxy idle timeout).",
-            check=_positive,
-            describe_as="a number > 0",
-        ),
-        "heartbeat_timeout": Option(
-            (float,),
-            3.0,
-            "Seconds the listener's check may take before the connection is replaced.",
-            check=_positive,
-            describe_as="a number > 0",
-        ),
-        "sweep_interval": Option(
-            (float,),
-            5.0,
-            "Seconds between safety claims that deliver a message even if its "
-            "notification was lost.",
-            check=_positive,
-            describe_as="a number > 0",
-        ),
-        "cleanup_interval": Option(
-            (float,),
-            30.0,
-            "Seconds between removals of expired messages and memberships (one process at a time).",
-            check=_positive,
-            describe_as="a number > 0",
-        ),
-        "schema": Option(
-            (str,),
-            None,
-            "Schema of the tables; None uses the search_path.",
-            nullable=True,
-            check=_identifier,
-        ),
-        "table_prefix": Option(
-            (str,),
-            "channels_engines_",
-            "Prefix of the table names.",
-            check=_identifier,
-        ),
-        "create_tables": Option(
-            (bool,),
-            True,
-            "Create missing tables at first use (needs CREATE on the schema); "
-            "set False when tables come from migrations or a DBA.",
-        ),
-        "unlogged": Option(
-            (bool,),
-            True,
-            "Create the message table UNLOGGED: faster, survives clean restarts, "
-            "emptied by a server crash. Group memberships are always logged.",
-        ),
-    }
+    options = OPTIONS
 
     shared: _Shared
 
