@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .events import Events
 from .options import Option
 from .requirements import Requirement
 from .validation import non_local_name
@@ -84,6 +85,9 @@ class BaseChannelEngine:
         #: made by :meth:`channels_engines.EngineChannelLayer.new_channel` end in
         #: ``.<client_id>!<local part>``.
         self.client_id = client_id
+        #: Counters of refused, dropped and repaired messages; the layer replaces this
+        #: with the one it shares between its engine instances.
+        self.events = Events()
 
     @classmethod
     def create_shared(cls, config: EngineConfig) -> Any:

@@ -21,6 +21,7 @@ from channels.exceptions import ChannelFull, MessageTooLarge
 from channels.layers import BaseChannelLayer
 
 from .engine import BaseChannelEngine, EngineConfig
+from .events import Events
 from .engines import engines
 from .exceptions import EngineUnavailableError, InvalidEngineError
 from .loops import call_before_close, cancel_before_close
@@ -141,6 +142,8 @@ class EngineChannelLayer(BaseChannelLayer):
         self._engines: dict[asyncio.AbstractEventLoop, BaseChannelEngine] = {}
         self._shared = self._engine_class.create_shared(self._config)
         self.client_id = secrets.token_hex(8)
+        #: What this layer refused, dropped or repaired in this process, by event name.
+        self.events = Events()
 
     def __repr__(self) -> str:
         return f"<EngineChannelLayer alias={self.alias!r} engine={self.engine_name!r}>"
@@ -228,6 +231,7 @@ class EngineChannelLayer(BaseChannelLayer):
             engine = self._engines.get(loop)
             if engine is None:
                 engine = self._engine_class(self._config, self._shared, client_id=self.client_id)
+                engine.events = self.events
                 self._engines[loop] = engine
                 call_before_close(loop, self, lambda: self._release(loop))
         return engine
