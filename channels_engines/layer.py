@@ -21,8 +21,8 @@ from channels.exceptions import ChannelFull, MessageTooLarge
 from channels.layers import BaseChannelLayer
 
 from .engine import BaseChannelEngine, EngineConfig
-from .events import Events
 from .engines import engines
+from .events import Events
 from .exceptions import EngineUnavailableError, InvalidEngineError
 from .loops import call_before_close, cancel_before_close
 from .options import Option, check_capacity_patterns, validate_options
