@@ -251,14 +251,7 @@ class EngineChannelLayer(BaseChannelLayer):
             )
 
     def _encode(self, message: Any, target: str) -> bytes:
-        data = encode(message)
-        limit = self._config.max_message_size
-        if len(data) > limit:
-            raise MessageTooLarge(
-                f"message for {target} is {len(data):,} bytes encoded; the limit is "
-                f"{limit:,} bytes (CONFIG 'max_message_size')."
-            )
-        return data
+        return encode(message, self._config.max_message_size, target=target)
 
     def _after_fork(self) -> None:
         # The parent's connections are inherited as open sockets; keep those engines

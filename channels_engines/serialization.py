@@ -1,4 +1,4 @@
-"""Message encoding: msgpack, validated before and size-limited after encoding.
+"""Message encoding: msgpack, validated and size-limited before and after encoding.
 
 Bytes are encoded once by the layer; engines store and move opaque ``bytes``.
 """
@@ -8,20 +8,34 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+from channels.exceptions import MessageTooLarge
 
 from .validation import require_valid_message
 
 __all__ = ["decode", "encode"]
 
 
-def encode(message: Any) -> bytes:
-    """Validate ``message`` and return its msgpack encoding (tuples become lists)."""
-    require_valid_message(message)
+def encode(message: Any, max_size: int | None = None, *, target: str = "") -> bytes:
+    """Validate ``message`` and return its msgpack encoding (tuples become lists).
+
+    Raises ``MessageTooLarge`` when the encoding is longer than ``max_size`` bytes: during
+    validation as soon as that is certain, else after encoding (text that is not ASCII
+    takes more bytes than characters). ``target`` ("channel 'x'") names the destination in
+    that message.
+    """
+    require_valid_message(message, max_size, target=target)
     try:
-        return msgpack.packb(message, use_bin_type=True)
+        data = msgpack.packb(message, use_bin_type=True)
     except ValueError as exc:
-        # msgpack refuses nesting deeper than its recursion limit.
+        # Text that UTF-8 cannot encode: a lone surrogate ("\ud800").
         raise ValueError(f"message cannot be encoded: {exc}") from exc
+    if max_size is not None and len(data) > max_size:
+        where = f" for {target}" if target else ""
+        raise MessageTooLarge(
+            f"message{where} is {len(data):,} bytes encoded; the limit is {max_size:,} bytes "
+            "(CONFIG 'max_message_size')."
+        )
+    return data
 
 
 def decode(data: bytes) -> dict[str, Any]:

@@ -20,8 +20,11 @@ import contextlib
 import inspect
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+import sys
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from types import FrameType
 from typing import Any, ClassVar
 
 import pytest
@@ -30,7 +33,7 @@ from channels.exceptions import ChannelFull, MessageTooLarge
 
 from .layer import EngineChannelLayer
 
-__all__ = ["ChannelLayerConformance"]
+__all__ = ["ChannelLayerConformance", "WorkExceeded", "bounded_work", "pathological_messages"]
 
 SENTINEL = {"type": "conformance.sentinel"}
 
@@ -457,6 +460,27 @@ class ChannelLayerConformance:
                         await layer.group_send("conformance-bad", message)
             await self.assert_nothing_pending(layer, channel)
 
+    async def test_pathological_messages_fail_fast(self) -> None:
+        """A message that contains itself, nests too deeply, or is sure to be too large
+        once encoded is refused with little work and memory, whatever its size, and
+        nothing is sent. Work is counted in Python lines run, which would also be the
+        time the event loop is blocked."""
+        async with self.open_layer() as layer:
+            channel = await layer.new_channel()
+            if "groups" in layer.extensions:
+                await layer.group_add("conformance-pathological", channel)
+            for name, message, error in pathological_messages():
+                with pytest.raises(error), bounded_work(lines=20_000, memory=1 << 20, what=name):
+                    await layer.send(channel, message)
+                if "groups" in layer.extensions:
+                    group = "conformance-pathological"
+                    with (
+                        pytest.raises(error),
+                        bounded_work(lines=20_000, memory=1 << 20, what=name),
+                    ):
+                        await layer.group_send(group, message)
+            await self.assert_nothing_pending(layer, channel)
+
     async def test_layer_attributes(self) -> None:
         async with self.open_layer() as layer:
             assert isinstance(layer.extensions, list)
@@ -481,6 +505,75 @@ class ChannelLayerConformance:
             received = [async_to_sync(layer.receive)(channel)["index"] for _ in range(20)]
             assert received == list(range(20))
             async_to_sync(layer.group_discard)("conformance-sync", channel)
+
+
+def pathological_messages() -> Iterator[tuple[str, dict[str, Any], type[Exception]]]:
+    """Messages whose naive walk never ends or takes seconds and gigabytes: (what, message,
+    the error the layer raises), built one at a time."""
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    yield "a list that contains itself", {"type": "x", "v": cycle}, ValueError
+    loop: dict[str, Any] = {}
+    loop["d"] = loop
+    yield "a dict that contains itself", {"type": "x", "v": loop}, ValueError
+    mutual: dict[str, Any] = {"type": "x"}
+    mutual["list"] = [{"back": mutual}]
+    yield "a message inside its own value", mutual, ValueError
+    deep: list[Any] = []
+    message: dict[str, Any] = {"type": "x", "v": deep}
+    for _ in range(100_000):
+        deep.append([])
+        deep = deep[0]
+    yield "lists nested 100,000 deep", message, ValueError
+    del message, deep
+    yield "a list of 8 million items", {"type": "x", "v": [0] * 8_000_000}, MessageTooLarge
+    shared: list[Any] = []
+    for _ in range(60):
+        shared = [shared, shared]
+    yield "a list that holds another twice, 60 levels down", {"v": shared}, MessageTooLarge
+
+
+class WorkExceeded(AssertionError):
+    """Code under :func:`bounded_work` ran more Python lines than allowed."""
+
+
+@contextlib.contextmanager
+def bounded_work(*, lines: int, memory: int, what: str = "the code") -> Iterator[None]:
+    """Fail if the code inside runs more than ``lines`` lines of Python or allocates more
+    than ``memory`` bytes at its peak.
+
+    Lines run are a measure of work that does not depend on the machine, unlike time; the
+    count stops the code (with :class:`WorkExceeded`) as soon as it passes the bound, so an
+    endless loop fails instead of hanging. Covers the current thread only.
+    """
+    ran = 0
+
+    def count(frame: FrameType, event: str, arg: Any) -> Any:
+        nonlocal ran
+        if event == "line":
+            ran += 1
+            if ran > lines:
+                raise WorkExceeded(f"{what}: more than {lines:,} lines of Python ran")
+        return count
+
+    previous = sys.gettrace()
+    already_tracing = tracemalloc.is_tracing()
+    if already_tracing:
+        tracemalloc.reset_peak()
+    else:
+        tracemalloc.start()
+    baseline = tracemalloc.get_traced_memory()[0]
+    sys.settrace(count)
+    try:
+        yield
+    finally:
+        # Also when the code raised (the usual case: it is refusing something).
+        sys.settrace(previous)
+        peak = tracemalloc.get_traced_memory()[1] - baseline
+        if not already_tracing:
+            tracemalloc.stop()
+        if peak > memory and ran <= lines:
+            raise AssertionError(f"{what}: {peak:,} bytes allocated at the peak, over {memory:,}")
 
 
 def _run_in_new_loop(test: TestCoroutine) -> Callable[[Any], None]:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import msgpack
 import pytest
+from channels.exceptions import MessageTooLarge
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from channels_engines.testing import bounded_work, pathological_messages
 from channels_engines.validation import (
     MAX_NAME_LENGTH,
+    MAX_NESTING,
     non_local_name,
     require_channel_name,
     require_group_name,
@@ -178,7 +182,7 @@ def test_invalid_message_error_gives_the_path_to_the_value(
     assert str(caught.value) == text
 
 
-def test_deeply_nested_message_is_walked_without_recursion() -> None:
+def test_deeply_nested_message_is_refused_at_the_nesting_limit_without_recursion() -> None:
     message: dict[str, Any] = {"type": "deep"}
     inner: list[Any] = []
     message["list"] = inner
@@ -186,5 +190,176 @@ def test_deeply_nested_message_is_walked_without_recursion() -> None:
         inner.append([])
         inner = inner[0]
     inner.append({1, 2})
-    with pytest.raises(TypeError, match=r"is a set"):
+    with (
+        pytest.raises(ValueError, match="nested too deeply") as caught,
+        bounded_work(lines=5_000, memory=256 * 1024),
+    ):
         require_valid_message(message)
+    assert str(caught.value) == (
+        f"message['list']{'[0]' * (MAX_NESTING - 1)} is nested too deeply: messages may nest "
+        f"dicts and lists at most {MAX_NESTING} levels deep, the message itself being the first."
+    )
+
+
+def nested(levels: int, bottom: Any = None) -> list[Any]:
+    """Lists nested ``levels`` deep, the innermost holding ``bottom``."""
+    value: list[Any] = [bottom]
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def test_nesting_up_to_the_limit_is_accepted() -> None:
+    require_valid_message({"v": nested(MAX_NESTING - 1)})
+    with pytest.raises(ValueError, match="nested too deeply"):
+        require_valid_message({"v": nested(MAX_NESTING)})
+
+
+def test_dicts_count_as_levels_of_nesting_like_lists() -> None:
+    value: dict[str, Any] = {}
+    for _ in range(MAX_NESTING - 1):
+        value = {"d": value}
+    require_valid_message(value)
+    with pytest.raises(ValueError, match="nested too deeply") as caught:
+        require_valid_message({"d": value})
+    assert str(caught.value).startswith("message" + "['d']" * MAX_NESTING + " is nested")
+
+
+@pytest.mark.parametrize(
+    ("build", "text"),
+    [
+        (
+            lambda: (lambda v: (v.append(v), {"type": "x", "v": v})[1])([]),
+            "message['v'][0] is message['v'] itself: a message cannot contain itself.",
+        ),
+        (
+            lambda: (lambda d: (d.update(d=d), {"type": "x", "v": d})[1])({}),
+            "message['v']['d'] is message['v'] itself: a message cannot contain itself.",
+        ),
+        (
+            lambda: (lambda m: (m.update(list=[1, {"back": m}]), m)[1])({"type": "x"}),
+            "message['list'][1]['back'] is message itself: a message cannot contain itself.",
+        ),
+    ],
+    ids=["list", "dict", "message"],
+)
+def test_message_that_contains_itself_is_refused_naming_both_places(build: Any, text: str) -> None:
+    message = build()
+    with (
+        pytest.raises(ValueError, match="cannot contain itself") as caught,
+        bounded_work(lines=1_000, memory=64 * 1024),
+    ):
+        require_valid_message(message)
+    assert str(caught.value) == text
+
+
+def test_a_value_shared_by_several_parents_is_not_a_cycle() -> None:
+    shared = {"k": "v" * 100, "n": [1, 2]}
+    message = {"type": "x", "a": shared, "b": [shared, shared], "c": {"d": shared}}
+    require_valid_message(message, len(msgpack.packb(message)))
+
+
+def test_a_shared_value_counts_once_for_each_place_it_appears() -> None:
+    shared = ["x" * 100]
+    message = {"type": "x", "a": [shared] * 10}
+    size = len(msgpack.packb(message))
+    require_valid_message(message, size)
+    with pytest.raises(MessageTooLarge):
+        require_valid_message(message, size - 1)
+
+
+def test_a_shared_value_is_refused_where_it_nests_too_deeply() -> None:
+    shared = nested(60, "x" * 100)
+    message = {"first": shared, "second": nested(40, shared)}
+    with pytest.raises(ValueError, match="nested too deeply") as caught:
+        require_valid_message(message)
+    assert str(caught.value) == (
+        f"message['second']{'[0]' * 40} is nested too deeply: messages may nest dicts and "
+        f"lists at most {MAX_NESTING} levels deep, the message itself being the first."
+    )
+
+
+def test_too_large_is_raised_as_soon_as_it_is_certain() -> None:
+    with pytest.raises(MessageTooLarge) as caught:
+        require_valid_message({"v": [0] * 100, "w": {1, 2}}, 50, target="channel 'x'")
+    assert str(caught.value) == (
+        "message for channel 'x' is at least 108 bytes encoded; the limit is 50 bytes "
+        "(CONFIG 'max_message_size')."
+    )
+
+
+@pytest.mark.parametrize(("name", "message", "error"), list(pathological_messages()))
+def test_pathological_messages_are_refused_with_little_work(
+    name: str, message: dict[str, Any], error: type[Exception]
+) -> None:
+    with pytest.raises(error), bounded_work(lines=20_000, memory=1024 * 1024, what=name):
+        require_valid_message(message, 2 * 1024 * 1024)
+
+
+def test_a_huge_dict_is_refused_before_its_keys_are_looked_at() -> None:
+    message = dict.fromkeys(map(str, range(600_000)))
+    with pytest.raises(MessageTooLarge), bounded_work(lines=1_000, memory=64 * 1024):
+        require_valid_message(message, 1024 * 1024)
+
+
+# The size bound: never more than the encoding, exact for ASCII text and small integers.
+
+ascii_text = st.text(alphabet=st.characters(max_codepoint=127), max_size=40)
+ascii_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(0, 127)
+    | st.floats(allow_nan=False)
+    | st.text(alphabet=st.characters(max_codepoint=127), max_size=300)
+    | st.binary(max_size=300),
+    lambda children: (
+        st.lists(children, max_size=8) | st.dictionaries(ascii_text, children, max_size=8)
+    ),
+    max_leaves=20,
+)
+any_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats()
+    | st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=300)
+    | st.binary(max_size=300),
+    lambda children: (
+        st.lists(children, max_size=8)
+        | st.tuples(children, children)
+        | st.dictionaries(st.text(max_size=40), children, max_size=8)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, database=None, deadline=None)
+@given(st.dictionaries(st.text(max_size=40), any_values, max_size=20))
+def test_the_size_bound_never_exceeds_the_encoded_size(message: dict[str, Any]) -> None:
+    require_valid_message(message, len(msgpack.packb(message, use_bin_type=True)))
+
+
+@settings(max_examples=150, database=None, deadline=None)
+@given(st.dictionaries(ascii_text, ascii_values, max_size=20))
+def test_the_size_bound_is_exact_for_ascii_text_and_small_integers(
+    message: dict[str, Any],
+) -> None:
+    size = len(msgpack.packb(message, use_bin_type=True))
+    require_valid_message(message, size)
+    with pytest.raises(MessageTooLarge):
+        require_valid_message(message, size - 1)
+
+
+@pytest.mark.parametrize("length", [15, 16, 31, 32, 255, 256, 65535, 65536])
+def test_the_size_bound_is_exact_at_every_header_size(length: int) -> None:
+    for message in (
+        {"s": "a" * length},
+        {"b": b"a" * length},
+        {"l": [None] * length},
+        {"d": dict.fromkeys(map(str, range(length)))},
+        dict.fromkeys(map(str, range(length))),
+    ):
+        size = len(msgpack.packb(message, use_bin_type=True))
+        require_valid_message(message, size)
+        with pytest.raises(MessageTooLarge):
+            require_valid_message(message, size - 1)
