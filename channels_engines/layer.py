@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import logging
 import os
 import re
 import secrets
 import threading
+import time
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -27,7 +29,7 @@ from .exceptions import EngineUnavailableError, InvalidEngineError
 from .loops import call_before_close, cancel_before_close
 from .options import Option, check_capacity_patterns, validate_options
 from .redaction import HiddenValues
-from .serialization import decode, encode
+from .serialization import UndecodableMessage, decode, encode
 from .settings import LAYER_BACKEND
 from .validation import (
     MAX_NAME_LENGTH,
@@ -36,6 +38,11 @@ from .validation import (
 )
 
 __all__ = ["LAYER_OPTIONS", "EngineChannelLayer"]
+
+logger = logging.getLogger("channels_engines")
+
+# Seconds between two warnings about undecodable messages of one layer.
+_UNDECODABLE_WARNING_INTERVAL = 60.0
 
 
 def _positive(value: Any) -> str | None:
@@ -144,6 +151,7 @@ class EngineChannelLayer(BaseChannelLayer):
         self.client_id = secrets.token_hex(8)
         #: What this layer refused, dropped or repaired in this process, by event name.
         self.events = Events()
+        self._next_undecodable_warning = 0.0
 
     def __repr__(self) -> str:
         return f"<EngineChannelLayer alias={self.alias!r} engine={self.engine_name!r}>"
@@ -162,7 +170,7 @@ class EngineChannelLayer(BaseChannelLayer):
         await self._engine().send(channel, data)
 
     async def receive(self, channel: str) -> dict[str, Any]:
-        """Wait for the next message on ``channel``."""
+        """Wait for the next message on ``channel``, skipping any that cannot be decoded."""
         require_channel_name(channel)
         engine = self._engine()
         if "!" in channel and not engine.owns(channel):
@@ -171,7 +179,14 @@ class EngineChannelLayer(BaseChannelLayer):
                 "or channel layer instance; only the layer that made it with new_channel() "
                 "can receive from it."
             )
-        return decode(await engine.receive(channel))
+        while True:
+            data = await engine.receive(channel)
+            try:
+                return decode(data, self._config.max_message_size)
+            except UndecodableMessage as exc:
+                # Bytes no layer could have sent (another writer's bug, an attack): a
+                # consumer must not die of them, so they are dropped, counted and logged.
+                self._drop_undecodable(channel, exc.reason)
 
     async def new_channel(self, prefix: str = "specific") -> str:
         """Return a new process-specific channel name, unique to this layer and process."""
@@ -252,6 +267,22 @@ class EngineChannelLayer(BaseChannelLayer):
 
     def _encode(self, message: Any, target: str) -> bytes:
         return encode(message, self._config.max_message_size, target=target)
+
+    def _drop_undecodable(self, channel: str, reason: str) -> None:
+        self.events.count("receive.undecodable")
+        now = time.monotonic()
+        if now < self._next_undecodable_warning:
+            return
+        self._next_undecodable_warning = now + _UNDECODABLE_WARNING_INTERVAL
+        logger.warning(
+            "%s: dropped a message on channel %r that cannot be decoded: %s. %d dropped so "
+            "far (layer.events 'receive.undecodable'); this warning repeats at most once "
+            "a minute.",
+            self._config.where,
+            channel,
+            reason,
+            self.events.get("receive.undecodable"),
+        )
 
     def _after_fork(self) -> None:
         # The parent's connections are inherited as open sockets; keep those engines

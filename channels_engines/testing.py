@@ -27,13 +27,21 @@ from contextlib import asynccontextmanager
 from types import FrameType
 from typing import Any, ClassVar
 
+import msgpack
 import pytest
 from asgiref.sync import async_to_sync
 from channels.exceptions import ChannelFull, MessageTooLarge
 
 from .layer import EngineChannelLayer
+from .validation import MAX_NESTING
 
-__all__ = ["ChannelLayerConformance", "WorkExceeded", "bounded_work", "pathological_messages"]
+__all__ = [
+    "ChannelLayerConformance",
+    "WorkExceeded",
+    "bounded_work",
+    "pathological_messages",
+    "undecodable_payloads",
+]
 
 SENTINEL = {"type": "conformance.sentinel"}
 
@@ -481,6 +489,28 @@ class ChannelLayerConformance:
                         await layer.group_send(group, message)
             await self.assert_nothing_pending(layer, channel)
 
+    async def test_undecodable_messages_are_dropped_and_receive_keeps_waiting(self) -> None:
+        """Bytes that no layer could have sent (another writer's bug, an attack) never
+        reach a consumer, as a message or as an exception: receive() drops and counts
+        them, and returns the next real message."""
+        async with self.open_layer(max_message_size=1024) as layer:
+            engine = layer._engine()
+            bad = [payload for _, payload in undecodable_payloads()]
+            for channel in (await layer.new_channel(), "conformance.undecodable"):
+                before = layer.events.get("receive.undecodable")
+                waiting = asyncio.ensure_future(self.receive(layer, channel))
+                for payload in bad:
+                    await engine.send(channel, payload)
+                deadline = asyncio.get_running_loop().time() + self.receive_timeout
+                while layer.events.get("receive.undecodable") < before + len(bad):
+                    assert asyncio.get_running_loop().time() < deadline, "drops not counted"
+                    assert not waiting.done(), waiting.result()
+                    await asyncio.sleep(0.01)
+                assert not waiting.done()
+                await layer.send(channel, {"type": "after"})
+                assert await waiting == {"type": "after"}
+                assert layer.events.get("receive.undecodable") == before + len(bad)
+
     async def test_layer_attributes(self) -> None:
         async with self.open_layer() as layer:
             assert isinstance(layer.extensions, list)
@@ -531,6 +561,29 @@ def pathological_messages() -> Iterator[tuple[str, dict[str, Any], type[Exceptio
     for _ in range(60):
         shared = [shared, shared]
     yield "a list that holds another twice, 60 levels down", {"v": shared}, MessageTooLarge
+
+
+def undecodable_payloads() -> list[tuple[str, bytes]]:
+    """Stored bytes a receiving layer must drop: (what, payload). All are under 1024 bytes
+    but the last, a valid message of almost 2000 bytes."""
+    deep: list[Any] = [None]
+    for _ in range(MAX_NESTING):
+        deep = [deep]
+    return [
+        ("not msgpack", b"\xc1SECRET-PAYLOAD"),
+        ("empty", b""),
+        ("cut short", msgpack.packb({"type": "x", "text": "cut"})[:-2]),
+        ("followed by more bytes", msgpack.packb({"type": "x"}) + b"\x00"),
+        ("an array", msgpack.packb(["type", "x"])),
+        ("a string", msgpack.packb("type")),
+        ("an integer key", msgpack.packb({"type": "x", 1: "one"})),
+        ("a bytes key inside", msgpack.packb({"type": "x", "d": {b"k": 1}}, use_bin_type=True)),
+        ("an extension type", msgpack.packb({"type": "x", "e": msgpack.ExtType(42, b"data")})),
+        ("a timestamp", msgpack.packb({"type": "x", "t": msgpack.Timestamp(0, 0)})),
+        ("an unsigned 64-bit integer", msgpack.packb({"type": "x", "n": 2**64 - 1})),
+        ("nested too deeply", msgpack.packb({"type": "x", "v": deep})),
+        ("over max_message_size", msgpack.packb({"type": "x", "text": "x" * 1982})),
+    ]
 
 
 class WorkExceeded(AssertionError):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Iterator
 from typing import Any
 
+import msgpack
 import pytest
 from channels.exceptions import ChannelFull, InvalidChannelLayerError, MessageTooLarge
 from channels.layers import channel_layers, get_channel_layer
@@ -21,8 +23,11 @@ from channels_engines import (
     InvalidEngineError,
     Option,
 )
+from channels_engines import layer as layer_module
 from channels_engines.apps import _on_setting_changed
 from channels_engines.memory import MemoryEngine
+from channels_engines.testing import undecodable_payloads
+from channels_engines.validation import non_local_name
 
 BACKEND = "channels_engines.EngineChannelLayer"
 WHERE = "CHANNEL_LAYERS['default']"
@@ -448,5 +453,102 @@ def test_stock_get_channel_layer_returns_one_layer_per_alias(
         await default_layer.group_add("stock", channel)
         await default_layer.group_send("stock", {"type": "via.stock"})
         assert await default_layer.receive(channel) == {"type": "via.stock"}
+
+    run(scenario())
+
+
+# Messages that cannot be decoded ---------------------------------------------------
+
+
+def test_undecodable_messages_are_logged_once_a_minute_without_their_bytes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> str:
+        layer = EngineChannelLayer(ENGINE="memory")
+        channel = await layer.new_channel()
+        engine = layer._engine()
+        await engine.send(channel, b"\xc1SECRET-PAYLOAD")
+        await engine.send(channel, msgpack.packb(["SECRET"]))
+        await layer.send(channel, {"type": "after"})
+        assert await layer.receive(channel) == {"type": "after"}
+        assert layer.events.get("receive.undecodable") == 2
+        return channel
+
+    with caplog.at_level(logging.WARNING, logger="channels_engines"):
+        channel = run(scenario())
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{WHERE}: dropped a message on channel {channel!r} that cannot be "
+        "decoded: msgpack cannot decode it (FormatError). 1 dropped so far (layer.events "
+        "'receive.undecodable'); this warning repeats at most once a minute."
+    ]
+    assert "SECRET" not in caplog.text
+
+
+def test_each_undecodable_message_is_logged_when_the_interval_has_passed(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(layer_module, "_UNDECODABLE_WARNING_INTERVAL", 0.0)
+
+    async def scenario() -> None:
+        layer = EngineChannelLayer(ENGINE="memory")
+        engine = layer._engine()
+        for payload in (b"", msgpack.packb([1]), msgpack.packb({"type": "x"})):
+            await engine.send("plain.channel", payload)
+        assert await layer.receive("plain.channel") == {"type": "x"}
+
+    with caplog.at_level(logging.WARNING, logger="channels_engines"):
+        run(scenario())
+    assert [record.getMessage().split(": ", 2)[2] for record in caplog.records] == [
+        "msgpack cannot decode it (ValueError). 1 dropped so far (layer.events "
+        "'receive.undecodable'); this warning repeats at most once a minute.",
+        "it is a msgpack array, not a map. 2 dropped so far (layer.events "
+        "'receive.undecodable'); this warning repeats at most once a minute.",
+    ]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("specific", [True, False], ids=["process-specific", "normal"])
+def test_undecodable_rows_written_to_the_postgres_table_never_reach_the_receiver(
+    prefix: str, specific: bool
+) -> None:
+    """Rows another writer inserted (and announced with NOTIFY) are dropped and counted;
+    the waiting receive() goes on to the next real message."""
+    from channels_engines.postgres.schema import Tables, listen_identifier
+    from tests.pgtools import Admin, make_layer, unique
+    from tests.polling import await_for
+
+    bad = [payload for _, payload in undecodable_payloads()]
+    insert = (
+        f'INSERT INTO "{prefix}message" (queue, channels, expires_at, payload)'
+        " VALUES (%s, %s, now() + interval '1 minute', %s)"
+    )
+
+    async def scenario() -> None:
+        layer = make_layer(unique("ce_t"), prefix=prefix, max_message_size=1024)
+        try:
+            channel = await layer.new_channel() if specific else "pg.undecodable"
+            queue = non_local_name(channel)
+            # A first round trip: the tables exist and the listener listens for the queue.
+            waiting = asyncio.ensure_future(layer.receive(channel))
+            await layer.send(channel, {"type": "ready"})
+            assert await asyncio.wait_for(waiting, 20) == {"type": "ready"}
+            waiting = asyncio.ensure_future(layer.receive(channel))
+            with Admin() as admin:
+                for payload in bad:
+                    admin.conn.execute(insert, [queue, [channel], payload])
+                identifier = listen_identifier(Tables(None, prefix, True).namespace, queue)
+                admin.conn.execute("SELECT pg_notify(%s, '')", [identifier])
+            await await_for(
+                lambda: layer.events.get("receive.undecodable") == len(bad) or waiting.done(),
+                "the bad rows to be dropped",
+            )
+            assert not waiting.done(), waiting.result()
+            await layer.send(channel, {"type": "after"})
+            assert await asyncio.wait_for(waiting, 20) == {"type": "after"}
+            assert layer.events.get("receive.undecodable") == len(bad)
+            with Admin() as admin:
+                assert admin.table_count(f"{prefix}message") == 0
+        finally:
+            await layer.close()
 
     run(scenario())
