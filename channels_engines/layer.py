@@ -27,7 +27,13 @@ from .engines import engines
 from .events import Events
 from .exceptions import EngineUnavailableError, InvalidEngineError
 from .loops import call_before_close, cancel_before_close
-from .options import Option, check_capacity_patterns, validate_options
+from .options import (
+    CAPACITY_PATTERNS,
+    MAX_CAPACITY,
+    Option,
+    check_capacity_patterns,
+    validate_options,
+)
 from .redaction import HiddenValues
 from .serialization import UndecodableMessage, decode, encode
 from .settings import LAYER_BACKEND
@@ -37,7 +43,13 @@ from .validation import (
     require_group_name,
 )
 
-__all__ = ["LAYER_OPTIONS", "EngineChannelLayer"]
+__all__ = [
+    "LAYER_OPTIONS",
+    "MAX_EXPIRY",
+    "MAX_GROUP_EXPIRY",
+    "MAX_MESSAGE_SIZE",
+    "EngineChannelLayer",
+]
 
 logger = logging.getLogger("channels_engines")
 
@@ -45,9 +57,18 @@ logger = logging.getLogger("channels_engines")
 _UNDECODABLE_WARNING_INTERVAL = 60.0
 
 
-def _positive(value: Any) -> str | None:
-    return None if value > 0 else "a number > 0"
+#: The longest ``expiry``: a day. A message unread for that long has no reader left, and
+#: until it expires it counts against its channel's capacity.
+MAX_EXPIRY = 86400
 
+#: The longest ``group_expiry``: ten years (0 or None: never). Far below where
+#: ``now() + interval`` leaves PostgreSQL's range and where a float stops counting
+#: microseconds exactly (about 285 years).
+MAX_GROUP_EXPIRY = 10 * 365 * 86400
+
+#: The largest ``max_message_size``: 256 MiB, well within PostgreSQL's 1 GB for one value,
+#: with room for the copies a message passes through on its way there.
+MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 
 #: CONFIG keys the layer handles for every engine.
 LAYER_OPTIONS: Mapping[str, Option] = {
@@ -55,8 +76,8 @@ LAYER_OPTIONS: Mapping[str, Option] = {
         (float,),
         60,
         "Seconds a message may wait unread before it is dropped.",
-        check=_positive,
-        describe_as="a number > 0",
+        above=0,
+        maximum=MAX_EXPIRY,
     ),
     "group_expiry": Option(
         (float,),
@@ -64,6 +85,7 @@ LAYER_OPTIONS: Mapping[str, Option] = {
         "Seconds a group membership lasts after its latest group_add(); 0 or None "
         "means memberships never expire.",
         minimum=0,
+        maximum=MAX_GROUP_EXPIRY,
         nullable=True,
     ),
     "capacity": Option(
@@ -71,6 +93,7 @@ LAYER_OPTIONS: Mapping[str, Option] = {
         100,
         "Messages a channel may hold before send() raises ChannelFull.",
         minimum=1,
+        maximum=MAX_CAPACITY,
     ),
     "channel_capacity": Option(
         (dict,),
@@ -78,13 +101,14 @@ LAYER_OPTIONS: Mapping[str, Option] = {
         "Capacity per channel name: glob strings or compiled regexes to integers, "
         "first match wins, matched against the non-local part of process-specific names.",
         check=check_capacity_patterns,
-        describe_as="a dict mapping glob strings or compiled regular expressions to integers >= 1",
+        describe_as=CAPACITY_PATTERNS,
     ),
     "max_message_size": Option(
         (int,),
         2 * 1024 * 1024,
         "Largest encoded message in bytes; larger ones raise MessageTooLarge.",
         minimum=1024,
+        maximum=MAX_MESSAGE_SIZE,
     ),
 }
 

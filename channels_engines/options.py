@@ -17,7 +17,7 @@ from typing import Any
 from .exceptions import InvalidConfigError
 from .redaction import HiddenValues, Secret
 
-__all__ = ["Option", "closest", "validate_options"]
+__all__ = ["MAX_CAPACITY", "Option", "closest", "validate_options"]
 
 #: Check hook: returns None when the value is acceptable, else what is allowed.
 Check = Callable[[Any], "str | None"]
@@ -28,15 +28,18 @@ class Option:
     """One CONFIG key: accepted types, default, and a sentence for the docs.
 
     ``types`` lists the accepted Python types (``bool`` is never accepted where ``int`` is
-    asked for). ``minimum`` bounds numbers; ``choices`` restricts to fixed values;
-    ``check`` is a last hook for shapes the other fields cannot say. ``secret`` options are
-    never shown in reprs or error messages.
+    asked for; NaN and infinities never where ``float`` is). ``minimum`` and ``maximum``
+    bound numbers inclusively, ``above`` exclusively; ``choices`` restricts to fixed
+    values; ``check`` is a last hook for shapes the other fields cannot say. ``secret``
+    options are never shown in reprs or error messages.
     """
 
     types: tuple[type, ...]
     default: Any
     help: str
     minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None
     choices: tuple[Any, ...] | None = None
     nullable: bool = False
     secret: bool = False
@@ -51,10 +54,19 @@ class Option:
         elif self.choices is not None:
             text = "one of " + ", ".join(repr(choice) for choice in self.choices)
         else:
-            names = [_TYPE_WORDS.get(t, t.__name__) for t in self.types]
+            # Without an upper bound, say that infinity is not a number here either.
+            words = _TYPE_WORDS if self.maximum is not None else _UNBOUNDED_TYPE_WORDS
+            names = [words.get(t, t.__name__) for t in self.types]
             text = " or ".join(dict.fromkeys(names))
-            if self.minimum is not None:
-                text += f" >= {self.minimum:g}"
+            bounds = []
+            if self.above is not None:
+                bounds.append(f"> {_number(self.above)}")
+            elif self.minimum is not None:
+                bounds.append(f">= {_number(self.minimum)}")
+            if self.maximum is not None:
+                bounds.append(f"<= {_number(self.maximum)}")
+            if bounds:
+                text += " " + " and ".join(bounds)
         if self.nullable:
             text += " or None"
         return text
@@ -67,13 +79,22 @@ class Option:
             return None if value in self.choices else self.describe()
         if not _is_instance(value, self.types):
             return self.describe()
-        if self.minimum is not None and (
-            value < self.minimum or (isinstance(value, float) and math.isnan(value))
+        if isinstance(value, float) and not math.isfinite(value):
+            return self.describe()
+        if (
+            (self.minimum is not None and value < self.minimum)
+            or (self.above is not None and value <= self.above)
+            or (self.maximum is not None and value > self.maximum)
         ):
             return self.describe()
         if self.check is not None:
             return self.check(value)
         return None
+
+
+def _number(value: float) -> str:
+    """A bound as people write it: 86400, not 86400.0 or 8.64e+04."""
+    return str(int(value)) if float(value).is_integer() else repr(value)
 
 
 _TYPE_WORDS = {
@@ -84,6 +105,7 @@ _TYPE_WORDS = {
     dict: "a dict",
     list: "a list",
 }
+_UNBOUNDED_TYPE_WORDS = {**_TYPE_WORDS, float: "a finite number"}
 
 
 def _is_instance(value: Any, types: tuple[type, ...]) -> bool:
@@ -152,12 +174,23 @@ def _short_repr(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: The largest capacity: the largest PostgreSQL ``integer``, which engines may store it in.
+MAX_CAPACITY = 2**31 - 1
+
+#: What ``channel_capacity`` may be, in words.
+CAPACITY_PATTERNS = (
+    "a dict mapping glob strings or compiled regular expressions to integers >= 1 and "
+    f"<= {MAX_CAPACITY}"
+)
+
+
 def check_capacity_patterns(value: Any) -> str | None:
     """Check a ``channel_capacity`` mapping: glob strings or compiled regexes to capacities."""
-    allowed = "a dict mapping glob strings or compiled regular expressions to integers >= 1"
     for pattern, capacity in value.items():
         if not isinstance(pattern, (str, re.Pattern)):
-            return allowed
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            return allowed
+            return CAPACITY_PATTERNS
+        if isinstance(capacity, bool) or not isinstance(capacity, int):
+            return CAPACITY_PATTERNS
+        if not 1 <= capacity <= MAX_CAPACITY:
+            return CAPACITY_PATTERNS
     return None

@@ -249,7 +249,8 @@ def test_provider_options_are_checked_naming_the_alias_and_key() -> None:
     with pytest.raises(InvalidConfigError) as raised:
         resolve_provider({"provider": "file", "path": "/run/secret", "settle": "1"}, where=WHERE)
     assert str(raised.value) == (
-        f"{WHERE}: CONFIG['credentials']: CONFIG['settle'] must be a number >= 0, not '1' (str)."
+        f"{WHERE}: CONFIG['credentials']: CONFIG['settle'] must be a finite number >= 0, "
+        "not '1' (str)."
     )
 
 

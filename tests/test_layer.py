@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -226,31 +227,55 @@ def test_unknown_config_key_lists_the_engines_own_keys_too() -> None:
     )
 
 
+CAPACITY = "an integer >= 1 and <= 2147483647"
+PATTERNS = (
+    "a dict mapping glob strings or compiled regular expressions to integers >= 1 and <= 2147483647"
+)
+EXPIRY = "a number > 0 and <= 86400"
+GROUP_EXPIRY = "a number >= 0 and <= 315360000 or None"
+SIZE = "an integer >= 1024 and <= 268435456"
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"capacity": "10"}, "CONFIG['capacity'] must be an integer >= 1, not '10' (str)."),
-        ({"capacity": True}, "CONFIG['capacity'] must be an integer >= 1, not True (bool)."),
-        ({"capacity": 0}, "CONFIG['capacity'] must be an integer >= 1, not 0 (int)."),
-        ({"expiry": 0}, "CONFIG['expiry'] must be a number > 0, not 0 (int)."),
-        ({"expiry": None}, "CONFIG['expiry'] must be a number > 0, not None (NoneType)."),
+        ({"capacity": "10"}, f"CONFIG['capacity'] must be {CAPACITY}, not '10' (str)."),
+        ({"capacity": True}, f"CONFIG['capacity'] must be {CAPACITY}, not True (bool)."),
+        ({"capacity": 0}, f"CONFIG['capacity'] must be {CAPACITY}, not 0 (int)."),
         (
-            {"group_expiry": -1},
-            "CONFIG['group_expiry'] must be a number >= 0 or None, not -1 (int).",
+            {"capacity": 2**31},
+            f"CONFIG['capacity'] must be {CAPACITY}, not 2147483648 (int).",
+        ),
+        ({"expiry": 0}, f"CONFIG['expiry'] must be {EXPIRY}, not 0 (int)."),
+        ({"expiry": None}, f"CONFIG['expiry'] must be {EXPIRY}, not None (NoneType)."),
+        ({"expiry": math.inf}, f"CONFIG['expiry'] must be {EXPIRY}, not inf (float)."),
+        ({"expiry": math.nan}, f"CONFIG['expiry'] must be {EXPIRY}, not nan (float)."),
+        ({"expiry": 86401}, f"CONFIG['expiry'] must be {EXPIRY}, not 86401 (int)."),
+        ({"group_expiry": -1}, f"CONFIG['group_expiry'] must be {GROUP_EXPIRY}, not -1 (int)."),
+        (
+            {"group_expiry": 1e15},
+            f"CONFIG['group_expiry'] must be {GROUP_EXPIRY}, not 1000000000000000.0 (float).",
         ),
         (
-            {"max_message_size": 10},
-            "CONFIG['max_message_size'] must be an integer >= 1024, not 10 (int).",
+            {"group_expiry": math.inf},
+            f"CONFIG['group_expiry'] must be {GROUP_EXPIRY}, not inf (float).",
+        ),
+        ({"max_message_size": 10}, f"CONFIG['max_message_size'] must be {SIZE}, not 10 (int)."),
+        (
+            {"max_message_size": 2**30},
+            f"CONFIG['max_message_size'] must be {SIZE}, not 1073741824 (int).",
         ),
         (
             {"channel_capacity": {"a*": 0}},
-            "CONFIG['channel_capacity'] must be a dict mapping glob strings or compiled regular "
-            "expressions to integers >= 1, not {'a*': 0} (dict).",
+            f"CONFIG['channel_capacity'] must be {PATTERNS}, not {{'a*': 0}} (dict).",
+        ),
+        (
+            {"channel_capacity": {"*": 2**40}},
+            f"CONFIG['channel_capacity'] must be {PATTERNS}, not {{'*': 1099511627776}} (dict).",
         ),
         (
             {"channel_capacity": [("a*", 1)]},
-            "CONFIG['channel_capacity'] must be a dict mapping glob strings or compiled regular "
-            "expressions to integers >= 1, not [('a*', 1)] (list).",
+            f"CONFIG['channel_capacity'] must be {PATTERNS}, not [('a*', 1)] (list).",
         ),
     ],
 )

@@ -17,8 +17,12 @@ from channels_engines.options import check_capacity_patterns, closest, validate_
     [
         (Option((int,), 1, ""), "an integer"),
         (Option((int,), 1, "", minimum=1), "an integer >= 1"),
-        (Option((float,), 1, "", minimum=0.5), "a number >= 0.5"),
-        (Option((float,), 1, "", minimum=0, nullable=True), "a number >= 0 or None"),
+        (Option((float,), 1, "", minimum=0.5), "a finite number >= 0.5"),
+        (Option((float,), 1, "", minimum=0, nullable=True), "a finite number >= 0 or None"),
+        (Option((float,), 1, "", above=0, maximum=86400), "a number > 0 and <= 86400"),
+        (Option((float,), 1, "", maximum=2.5), "a number <= 2.5"),
+        (Option((int,), 1, "", minimum=1, maximum=2**31 - 1), "an integer >= 1 and <= 2147483647"),
+        (Option((float,), 1, ""), "a finite number"),
         (Option((str, int), "", ""), "a string or an integer"),
         (Option((bool,), False, ""), "True or False"),
         (Option((str,), "a", "", choices=("a", "b")), "one of 'a', 'b'"),
@@ -40,12 +44,36 @@ def test_integers_are_accepted_where_numbers_are_asked_for() -> None:
     option = Option((float,), 1.0, "", minimum=0)
     assert option.problem(3) is None
     assert option.problem(0.0) is None
-    assert option.problem(-1) == "a number >= 0"
-    assert option.problem(False) == "a number >= 0"
+    assert option.problem(-1) == "a finite number >= 0"
+    assert option.problem(False) == "a finite number >= 0"
 
 
-def test_nan_does_not_pass_a_minimum() -> None:
-    assert Option((float,), 1.0, "", minimum=0).problem(math.nan) == "a number >= 0"
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_nan_and_infinities_are_never_numbers_here(value: float) -> None:
+    assert Option((float,), 1.0, "").problem(value) == "a finite number"
+    assert Option((float,), 1.0, "", minimum=0).problem(value) == "a finite number >= 0"
+    assert Option((float,), 1.0, "", above=0, maximum=10).problem(value) == (
+        "a number > 0 and <= 10"
+    )
+
+
+def test_bounds_are_inclusive_except_above() -> None:
+    option = Option((float,), 1.0, "", above=0, maximum=10)
+    assert [option.problem(value) for value in (0, 0.0, 1e-9, 10, 10.000001, 2**70)] == [
+        "a number > 0 and <= 10",
+        "a number > 0 and <= 10",
+        None,
+        None,
+        "a number > 0 and <= 10",
+        "a number > 0 and <= 10",
+    ]
+    sized = Option((int,), 5, "", minimum=1, maximum=100)
+    assert [sized.problem(value) for value in (0, 1, 100, 101)] == [
+        "an integer >= 1 and <= 100",
+        None,
+        None,
+        "an integer >= 1 and <= 100",
+    ]
 
 
 def test_none_only_when_nullable() -> None:

@@ -12,6 +12,7 @@ import asyncio
 import gc
 import importlib.util
 import logging
+import math
 import os
 import random
 import re
@@ -31,6 +32,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from channels_engines import EngineChannelLayer
 from channels_engines.exceptions import InvalidConfigError
+from channels_engines.layer import MAX_EXPIRY, MAX_GROUP_EXPIRY
 from channels_engines.postgres import engine as engine_module
 from channels_engines.postgres.engine import PostgresEngine
 from channels_engines.postgres.listener import ListenerUnavailable
@@ -757,6 +759,57 @@ def test_invalid_table_prefix_or_schema_is_a_config_error(key: str, value: str) 
         f"EngineChannelLayer: CONFIG[{key!r}] must be a lower-case SQL identifier of at most "
         f"40 characters ([a-z_][a-z0-9_]*), not {value!r} (str)."
     )
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "pool_timeout",
+        "heartbeat_interval",
+        "heartbeat_timeout",
+        "sweep_interval",
+        "cleanup_interval",
+    ],
+)
+@pytest.mark.parametrize("value", [0, math.nan, math.inf, 86400.5])
+def test_intervals_and_timeouts_are_finite_positive_and_at_most_a_day(
+    key: str, value: float
+) -> None:
+    with pytest.raises(InvalidConfigError) as raised:
+        EngineChannelLayer(**{**config("ce_t_invalid", prefix="ok_"), key: value})
+    assert str(raised.value) == (
+        f"EngineChannelLayer: CONFIG[{key!r}] must be a number > 0 and <= 86400, not {value!r} "
+        f"({type(value).__name__})."
+    )
+
+
+def test_the_largest_numbers_the_settings_allow_work_in_sql(app: str, prefix: str) -> None:
+    """Every bound is one the server accepts: capacities fit its integer, expiries its
+    intervals and timestamps."""
+
+    async def scenario() -> None:
+        layer = make_layer(
+            app,
+            prefix=prefix,
+            capacity=2**31 - 1,
+            channel_capacity={"big.*": 2**31 - 1},
+            expiry=MAX_EXPIRY,
+            group_expiry=MAX_GROUP_EXPIRY,
+            pool_timeout=86400,
+        )
+        try:
+            channel = await layer.new_channel()
+            await layer.group_add("largest", channel)
+            await layer.group_add("largest", "big.channel")
+            await layer.send(channel, {"type": "direct"})
+            await layer.group_send("largest", {"type": "group"})
+            assert await layer.receive(channel) == {"type": "direct"}
+            assert await layer.receive(channel) == {"type": "group"}
+            assert await layer.receive("big.channel") == {"type": "group"}
+        finally:
+            await layer.close()
+
+    run(scenario())
 
 
 # 11. LISTEN identifiers ------------------------------------------------------------------

@@ -15,8 +15,8 @@ __all__ = ["OPTIONS"]
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*", re.ASCII)
 
 
-def _positive(value: Any) -> str | None:
-    return None if value > 0 else "a number > 0"
+#: The longest of the engine's intervals and timeouts: a day.
+MAX_SECONDS = 86400
 
 
 def _identifier(value: Any) -> str | None:
@@ -76,37 +76,37 @@ OPTIONS: Mapping[str, Option] = {
         (float,),
         10.0,
         "Seconds an operation waits for a pool connection before failing.",
-        check=_positive,
-        describe_as="a number > 0",
+        above=0,
+        maximum=MAX_SECONDS,
     ),
     "heartbeat_interval": Option(
         (float,),
         5.0,
         "Seconds of silence after which the listener checks its connection "
         "(keep it below any idle_session_timeout or proxy idle timeout).",
-        check=_positive,
-        describe_as="a number > 0",
+        above=0,
+        maximum=MAX_SECONDS,
     ),
     "heartbeat_timeout": Option(
         (float,),
         3.0,
         "Seconds the listener's check may take before the connection is replaced.",
-        check=_positive,
-        describe_as="a number > 0",
+        above=0,
+        maximum=MAX_SECONDS,
     ),
     "sweep_interval": Option(
         (float,),
         5.0,
         "Seconds between safety claims that deliver a message even if its notification was lost.",
-        check=_positive,
-        describe_as="a number > 0",
+        above=0,
+        maximum=MAX_SECONDS,
     ),
     "cleanup_interval": Option(
         (float,),
         30.0,
         "Seconds between removals of expired messages and memberships (one process at a time).",
-        check=_positive,
-        describe_as="a number > 0",
+        above=0,
+        maximum=MAX_SECONDS,
     ),
     "schema": Option(
         (str,),
