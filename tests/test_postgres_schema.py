@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -16,6 +17,7 @@ from django.db import connection
 
 from channels_engines import EngineChannelLayer, InvalidConfigError
 from channels_engines.postgres.schema import Tables
+from tests.pgtools import Admin, dropped_afterwards
 
 pytestmark = pytest.mark.postgres
 
@@ -140,3 +142,79 @@ def test_missing_tables_without_create_tables_is_a_clear_error() -> None:
         "exist and CONFIG['create_tables'] is False. Run `manage.py migrate channels_engines`, "
         "or apply the SQL from `python -m channels_engines.postgres schema`."
     )
+
+
+SCHEMA_COMMAND = [sys.executable, "-m", "channels_engines.postgres", "schema"]
+
+
+def schema_script(*options: str) -> str:
+    result = subprocess.run(
+        [*SCHEMA_COMMAND, *options], check=True, capture_output=True, text=True, timeout=60
+    )
+    return result.stdout
+
+
+def apply_with_psql(script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``psql -f`` as a DBA would run it: without ON_ERROR_STOP, going on after errors."""
+    path = tmp_path / "schema.sql"
+    path.write_text(script)
+    return subprocess.run(
+        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=0", "-d", DSN, "-f", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "key", "value"),
+    [
+        ("--table-prefix", "table_prefix", "p" * 70),
+        ("--table-prefix", "table_prefix", "p" * 41),
+        ("--table-prefix", "table_prefix", "Chat_"),
+        ("--schema", "schema", "x; DROP TABLE y"),
+        ("--schema", "schema", ""),
+    ],
+)
+def test_schema_command_refuses_what_config_refuses(option: str, key: str, value: str) -> None:
+    result = subprocess.run(
+        [*SCHEMA_COMMAND, option, value], capture_output=True, text=True, timeout=60
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines()[-1] == (
+        f"python -m channels_engines.postgres schema: error: argument {option}: {value!r} is "
+        "not allowed: use a lower-case SQL identifier of at most 40 characters "
+        f"([a-z_][a-z0-9_]*), as for CONFIG {key!r}."
+    )
+
+
+def test_script_for_the_longest_prefix_creates_both_tables(tmp_path: Path, admin: Admin) -> None:
+    prefix = f"l{uuid.uuid4().hex[:8]}_" + "p" * 30
+    assert len(prefix) == 40
+    with dropped_afterwards(prefix):
+        result = apply_with_psql(schema_script("--table-prefix", prefix), tmp_path)
+        assert result.stderr == ""
+        assert admin.tables(prefix + "%") == [
+            ("public", prefix + "group_member"),
+            ("public", prefix + "message"),
+        ]
+
+
+def test_script_is_applied_whole_or_not_at_all(tmp_path: Path, prefix: str, admin: Admin) -> None:
+    """An object in the way of a later statement leaves nothing behind, not half the tables."""
+    script = schema_script("--table-prefix", prefix)
+    assert script.startswith("BEGIN;\n")
+    assert script.endswith("COMMIT;\n")
+    admin.conn.execute(f'CREATE VIEW "{prefix}group_member" AS SELECT 1 AS x')
+    try:
+        result = apply_with_psql(script, tmp_path)
+        assert "ERROR:" in result.stderr
+        assert admin.tables(prefix + "%") == [("public", prefix + "group_member")]  # the view
+    finally:
+        admin.conn.execute(f'DROP VIEW "{prefix}group_member"')
+    result = apply_with_psql(script, tmp_path)
+    assert result.stderr == ""
+    assert admin.tables(prefix + "%") == [
+        ("public", prefix + "group_member"),
+        ("public", prefix + "message"),
+    ]

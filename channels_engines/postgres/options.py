@@ -10,7 +10,7 @@ from typing import Any
 from ..credentials import CREDENTIALS_OPTION
 from ..options import Option
 
-__all__ = ["OPTIONS"]
+__all__ = ["IDENTIFIER_RULE", "OPTIONS", "check_identifier"]
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*", re.ASCII)
 
@@ -19,10 +19,17 @@ _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*", re.ASCII)
 MAX_SECONDS = 86400
 
 
-def _identifier(value: Any) -> str | None:
-    if _IDENTIFIER.fullmatch(value) and len(value) <= 40:
+#: What ``schema`` and ``table_prefix`` may be. 40 characters leave room for the longest
+#: suffix ("group_member_expires_at") within PostgreSQL's 63 bytes, so that no name is
+#: truncated into another.
+IDENTIFIER_RULE = "a lower-case SQL identifier of at most 40 characters ([a-z_][a-z0-9_]*)"
+
+
+def check_identifier(value: Any) -> str | None:
+    """Check a ``schema`` or ``table_prefix``: None when it is allowed, else what is."""
+    if isinstance(value, str) and _IDENTIFIER.fullmatch(value) and len(value) <= 40:
         return None
-    return "a lower-case SQL identifier of at most 40 characters ([a-z_][a-z0-9_]*)"
+    return IDENTIFIER_RULE
 
 
 OPTIONS: Mapping[str, Option] = {
@@ -113,13 +120,13 @@ OPTIONS: Mapping[str, Option] = {
         None,
         "Schema of the tables; None uses the search_path.",
         nullable=True,
-        check=_identifier,
+        check=check_identifier,
     ),
     "table_prefix": Option(
         (str,),
         "channels_engines_",
         "Prefix of the table names.",
-        check=_identifier,
+        check=check_identifier,
     ),
     "create_tables": Option(
         (bool,),
