@@ -142,7 +142,8 @@ class EmbeddedPostgres:
     @property
     def running(self) -> bool:
         """Whether the server process this object started is alive."""
-        return self._proc is not None and self._proc.poll() is None
+        proc = getattr(self, "_proc", None)  # None also when __init__ did not get there
+        return proc is not None and proc.poll() is None
 
     @property
     def pid(self) -> int | None:
@@ -246,10 +247,13 @@ class EmbeddedPostgres:
         self.stop()
 
     def __repr__(self) -> str:
-        data_dir = str(self.data_dir) if self.data_dir is not None else "<temporary>"
+        # Also for an instance whose __init__ raised: tracebacks show it as ``self``.
+        data_dir = getattr(self, "data_dir", None)
+        shown_dir = str(data_dir) if data_dir is not None else "<temporary>"
         return (
-            f"<EmbeddedPostgres {self.host}:{self.port or '?'} data_dir={data_dir!r} "
-            f"auth={self._auth!r} running={self.running}>"
+            f"<EmbeddedPostgres {getattr(self, 'host', '?')}:{getattr(self, 'port', 0) or '?'} "
+            f"data_dir={shown_dir!r} auth={getattr(self, '_auth', None)!r} "
+            f"running={self.running}>"
         )
 
     # -- preparing the cluster --------------------------------------------------------

@@ -37,4 +37,5 @@ class Events:
             return dict(self._counts)
 
     def __repr__(self) -> str:
-        return f"<Events {self.snapshot()!r}>"
+        counts = self.snapshot() if hasattr(self, "_counts") else {}  # __init__ may not have run
+        return f"<Events {counts!r}>"

@@ -178,7 +178,9 @@ class EngineChannelLayer(BaseChannelLayer):
         self._next_undecodable_warning = 0.0
 
     def __repr__(self) -> str:
-        return f"<EngineChannelLayer alias={self.alias!r} engine={self.engine_name!r}>"
+        # Also for an instance whose __init__ raised: tracebacks show it as ``self``.
+        alias, engine = getattr(self, "alias", None), getattr(self, "engine_name", None)
+        return f"<EngineChannelLayer alias={alias!r} engine={engine!r}>"
 
     @property
     def config(self) -> EngineConfig:

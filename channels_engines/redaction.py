@@ -35,8 +35,9 @@ class HiddenValues(dict[str, Any]):
         self.shown = frozenset(shown)
 
     def __repr__(self) -> str:
+        shown: frozenset[str] = getattr(self, "shown", frozenset())  # all hidden if no __init__
         items = (
-            f"{key!r}: {value!r}" if key in self.shown else f"{key!r}: <hidden>"
+            f"{key!r}: {value!r}" if key in shown else f"{key!r}: <hidden>"
             for key, value in self.items()
         )
         return "{" + ", ".join(items) + "}"

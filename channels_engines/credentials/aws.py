@@ -79,9 +79,10 @@ class AwsRdsIamProvider(CredentialProvider):
         self._client_lock = threading.Lock()
 
     def __repr__(self) -> str:
+        settings = getattr(self, "settings", None) or {}  # None: __init__ did not get there
         return (
             f"<{type(self).__qualname__} aws_rds_iam "
-            f"{self.settings['user']}@{self.settings['host']}:{self.settings['port']}>"
+            f"{settings.get('user')}@{settings.get('host')}:{settings.get('port')}>"
         )
 
     def get_credentials(self) -> Credentials:

@@ -53,11 +53,15 @@ class Credentials:
         object.__setattr__(self, "extra", _ReadOnlyDict(extra))
 
     def __repr__(self) -> str:
-        password = None if self.password is None else "********"
-        expires = None if self.expires_at is None else self.expires_at.isoformat()
+        # Also while __post_init__ refuses a value, or before it ran: a traceback shows it.
+        password = None if getattr(self, "password", None) is None else "********"
+        expires_at = getattr(self, "expires_at", None)
+        expires = expires_at.isoformat() if isinstance(expires_at, datetime) else None
+        extra = getattr(self, "extra", None)
+        keys = sorted(str(key) for key in extra) if isinstance(extra, Mapping) else []
         return (
-            f"Credentials(user={self.user!r}, password={password!r}, expires_at={expires!r}, "
-            f"extra_keys={sorted(self.extra)!r})"
+            f"Credentials(user={getattr(self, 'user', None)!r}, password={password!r}, "
+            f"expires_at={expires!r}, extra_keys={keys!r})"
         )
 
     __str__ = __repr__

@@ -114,9 +114,10 @@ class VaultProvider(CredentialProvider):
         self.renewed = 0
 
     def __repr__(self) -> str:
+        settings = getattr(self, "settings", None) or {}  # None: __init__ did not get there
         return (
-            f"<{type(self).__qualname__} vault role {self.settings['role']!r} "
-            f"at {self.settings['url']}>"
+            f"<{type(self).__qualname__} vault role {settings.get('role')!r} "
+            f"at {settings.get('url')}>"
         )
 
     def get_credentials(self) -> Credentials:
