@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +25,7 @@ from ..credentials import CredentialCache, Credentials, Secret, resolve_provider
 from ..credentials.builtin import DjangoProvider, NotPostgreSQL
 from ..exceptions import InvalidConfigError
 
-__all__ = ["ConnectionSettings", "answers_within"]
+__all__ = ["ConnectionSettings", "Failure", "answers_within", "classify"]
 
 _APPLICATION_NAME = "channels_engines"
 
@@ -152,7 +154,7 @@ class ConnectionSettings:
         try:
             return await _connect(params, purpose)
         except psycopg.OperationalError as exc:
-            if used is None or self.credentials is None or not login_refused(exc):
+            if used is None or self.credentials is None or classify(exc) is not Failure.LOGIN:
                 raise
             # Drop them, unless another connection has replaced them meanwhile; either
             # way the second attempt uses what the cache holds now.
@@ -209,24 +211,82 @@ def _has_password(value: Any) -> bool:
     return bool(params.get("password"))
 
 
-def login_refused(error: psycopg.OperationalError) -> bool:
-    """Whether a failed connection attempt got as far as the server checking the login.
+class Failure(enum.Enum):
+    """What a failed connection attempt says about the login and about trying again."""
 
-    An unreachable or restarting server says nothing about the credentials; dropping them
-    would make every retry during an outage ask the provider again (with Vault, a new
-    database user per attempt). libpq reports no SQLSTATE for a refused login, but tells
-    whether the server asked for a password.
+    #: The server refused the login (wrong password, unknown role, no right to connect):
+    #: the credentials are at fault; trying again with them only adds failed logins.
+    LOGIN = "login"
+    #: The server is unreachable, starting or stopping, out of connection slots, or not
+    #: accepting connections to this database for now: try again, keep the credentials.
+    TRANSIENT = "transient"
+    #: The settings name something that does not exist (a database): trying again cannot
+    #: help, and the credentials are not at fault.
+    SETTINGS = "settings"
+
+
+def classify(error: BaseException) -> Failure:
+    """Why a connection attempt failed, from its SQLSTATE or, when libpq reports none, the
+    server's message.
+
+    Nothing here asks whether a password was sent: under password authentication every
+    refusal comes after the password was accepted or not, and most of them (a database
+    closed to connections, a full server, a per-role or per-database connection limit)
+    say nothing about it. libpq reports no SQLSTATE for a failed connection attempt (psycopg
+    3.3 gives ``sqlstate`` None and no diagnostics), so the server's message is matched;
+    these are its English texts (``lc_messages``). A message not recognised counts as
+    transient: retried within ``pool_timeout``, without dropping the credentials.
     """
     sqlstate = getattr(error, "sqlstate", None)
     if sqlstate:
-        return bool(sqlstate.startswith("28"))
+        return _by_sqlstate(sqlstate)
     pgconn = getattr(error, "pgconn", None)
-    if pgconn is None:
-        return True
-    try:
-        return bool(pgconn.used_password or pgconn.needs_password)
-    except Exception:
-        return True
+    with contextlib.suppress(Exception):
+        if pgconn is not None and pgconn.needs_password:
+            return Failure.LOGIN  # the server asked for a password and none was given
+    found = _SERVER_MESSAGE.findall(str(error))
+    if not found:
+        return Failure.TRANSIENT  # no answer from a server: network, TLS, timeout
+    message = found[-1]  # with several hosts, the last one tried
+    for pattern, failure in _MESSAGES:
+        if pattern.search(message):
+            return failure
+    return Failure.TRANSIENT
+
+
+def _by_sqlstate(sqlstate: str) -> Failure:
+    if sqlstate.startswith("28") or sqlstate == "42501":
+        return Failure.LOGIN  # invalid authorization; no CONNECT privilege on the database
+    if sqlstate == "3D000":
+        return Failure.SETTINGS  # the database does not exist
+    return Failure.TRANSIENT  # 57P03, 53300, 55000, 08xxx and anything unforeseen
+
+
+#: The message of a server's error in libpq's text ("... failed: FATAL:  message").
+_SERVER_MESSAGE = re.compile(r"\b(?:FATAL|ERROR|PANIC):  (.+)")
+
+#: The server's messages for failed connection attempts, with the SQLSTATE they carry.
+_MESSAGES: tuple[tuple[re.Pattern[str], Failure], ...] = tuple(
+    (re.compile(pattern), failure)
+    for pattern, failure in (
+        # 28P01 / 28000: "password authentication failed for user", and the same for
+        # md5, scram, peer, ident, ldap, radius, cert ...
+        (r"authentication failed for user", Failure.LOGIN),
+        (r"^no pg_hba\.conf entry for ", Failure.LOGIN),  # 28000
+        (r"^pg_hba\.conf rejects ", Failure.LOGIN),  # 28000
+        (r'^role ".*" does not exist', Failure.LOGIN),  # 28000
+        (r'^role ".*" is not permitted to log in', Failure.LOGIN),  # 28000
+        (r"^permission denied for database ", Failure.LOGIN),  # 42501
+        (r'^database ".*" does not exist', Failure.SETTINGS),  # 3D000
+        # 57P03: starting up, shutting down, in recovery, not (yet) accepting connections
+        (r"^the database system is ", Failure.TRANSIENT),
+        (r'^database ".*" is not currently accepting connections', Failure.TRANSIENT),  # 55000
+        # 53300: max_connections, reserved slots, CONNECTION LIMIT of a role or database
+        (r"^sorry, too many clients already", Failure.TRANSIENT),
+        (r"^remaining connection slots are reserved", Failure.TRANSIENT),
+        (r"^too many connections for (?:role|database) ", Failure.TRANSIENT),
+    )
+)
 
 
 def _describe(params: Mapping[str, Any]) -> str:
