@@ -23,6 +23,7 @@ from channels_engines import (
 )
 from channels_engines.apps import _on_setting_changed
 from channels_engines.memory import MemoryEngine
+from channels_engines.redaction import Secret
 
 BACKEND = "channels_engines.EngineChannelLayer"
 WHERE = "CHANNEL_LAYERS['default']"
@@ -320,7 +321,7 @@ def test_errors_are_channels_invalid_channel_layer_errors() -> None:
 def test_repr_shows_no_config_values() -> None:
     layer = EngineChannelLayer(ENGINE=SecretEngine, password="hunter2", capacity=4321)
     assert repr(layer) == "<EngineChannelLayer alias=None engine='SecretEngine'>"
-    assert layer.config.options == {"password": "hunter2", "region": "eu"}
+    assert layer.config.options == {"password": Secret("hunter2"), "region": "eu"}
 
 
 def test_config_holds_validated_values_with_defaults() -> None:

@@ -21,9 +21,10 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from ..credentials import CredentialCache, Credentials, Secret, resolve_provider
+from ..credentials import CredentialCache, Credentials, resolve_provider
 from ..credentials.builtin import DjangoProvider, NotPostgreSQL
 from ..exceptions import InvalidConfigError
+from ..redaction import HiddenSettings, Secret, plain
 
 __all__ = ["ConnectionSettings", "Failure", "answers_within", "classify"]
 
@@ -35,10 +36,15 @@ Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 class ConnectionSettings:
     """Builds connection parameters and opens connections for the pool and the listener."""
 
-    def __init__(self, options: Mapping[str, Any], where: str) -> None:
+    def __init__(self, options: Mapping[str, Any] | HiddenSettings, where: str) -> None:
+        # Opaque while they are read (error trackers record the local variables of a
+        # raising frame, walking dicts): the options may hold passwords, plain when they
+        # do not come from a validated CONFIG.
+        settings = HiddenSettings(options)
+        del options
         self._where = where
-        explicit = options.get("dsn") is not None or options.get("connection") is not None
-        database = options.get("database")
+        explicit = settings.get("dsn") is not None or settings.get("connection") is not None
+        database = plain(settings.get("database"))
         if explicit and database is not None:
             raise InvalidConfigError(
                 f"{where}: CONFIG gives both 'database' and 'dsn'/'connection'. Use "
@@ -46,55 +52,53 @@ class ConnectionSettings:
                 "directly, not both."
             )
         self.database: str | None = None if explicit else (database or "default")
-        self._static = self._explicit(options, "dsn", "connection") if explicit else None
+        self._static = self._explicit(settings, "dsn", "connection") if explicit else None
         listen_explicit = (
-            options.get("listen_dsn") is not None or options.get("listen_connection") is not None
+            settings.get("listen_dsn") is not None or settings.get("listen_connection") is not None
         )
         self._listen = (
-            self._explicit(options, "listen_dsn", "listen_connection") if listen_explicit else None
+            self._explicit(settings, "listen_dsn", "listen_connection") if listen_explicit else None
         )
         self._alias: DjangoProvider | None = None
         if self.database is not None:
             self._check_alias(self.database)
             self._alias = DjangoProvider(alias=self.database)
         self.credentials: CredentialCache | None = None
-        if options.get("credentials") is not None:
-            self._refuse_static_login(options)
-            provider = resolve_provider(options["credentials"], where=where)
+        if settings.get("credentials") is not None:
+            self._refuse_static_login(settings)
+            provider = resolve_provider(settings["credentials"], where=where)
             self.credentials = CredentialCache(provider, describe=repr(provider))
             self.credentials.set_verifier(self.probe)
 
     def _explicit(
-        self, options: Mapping[str, Any], dsn_key: str, keywords_key: str
+        self, settings: HiddenSettings, dsn_key: str, keywords_key: str
     ) -> dict[str, Any]:
+        """libpq keywords from a connection string and a dict of keywords, the secret ones
+        (``password``, ``sslpassword``) as :class:`Secret`."""
         params: dict[str, Any] = {}
-        dsn = options.get(dsn_key)
-        if dsn is not None:
-            try:
-                params.update(conninfo_to_dict(dsn))
-            except Exception:
-                # Not chained: the parser's message may quote the string, password included.
+        if settings.get(dsn_key) is not None:
+            parsed = _parse_dsn(settings[dsn_key])
+            if parsed is None:
                 raise InvalidConfigError(
                     f"{self._where}: CONFIG[{dsn_key!r}] is not a valid libpq connection "
                     "string or postgresql:// URL (the value is not shown: it may hold a "
                     "password)."
-                ) from None
-        keywords = options.get(keywords_key)
-        if keywords is not None:
+                )
+            params.update(parsed)
+        if settings.get(keywords_key) is not None:
+            keywords = HiddenSettings(settings[keywords_key])
             bad = [key for key in keywords if not isinstance(key, str)]
             if bad:
                 raise InvalidConfigError(
                     f"{self._where}: CONFIG[{keywords_key!r}] must map libpq keyword names "
                     f"(str) to values; got the key {bad[0]!r}."
                 )
-            params.update(keywords)
-        if isinstance(params.get("password"), str):
-            params["password"] = Secret(params["password"])
+            params.update({key: _keyword(key, keywords[key]) for key in keywords})
         return params
 
-    def _refuse_static_login(self, options: Mapping[str, Any]) -> None:
+    def _refuse_static_login(self, settings: HiddenSettings) -> None:
         for key in ("dsn", "connection", "listen_dsn", "listen_connection"):
-            if _has_password(options.get(key)):
+            if _has_password(settings.get(key)):
                 raise InvalidConfigError(
                     f"{self._where}: CONFIG sets both a password (in {key!r}) and "
                     "'credentials'. Give the password in 'dsn'/'connection' for a fixed "
@@ -191,24 +195,62 @@ class ConnectionSettings:
 
 
 async def _connect(params: dict[str, Any], purpose: str) -> Connection:
-    params = dict(params)
+    options = dict(params)
     if purpose == "listen":
-        params.pop("prepare_threshold", None)
+        options.pop("prepare_threshold", None)
     try:
-        return await psycopg.AsyncConnection.connect(autocommit=True, **params)
-    except psycopg.OperationalError as exc:
+        # Secrets are revealed inside the call: never a local variable of this frame.
+        return await psycopg.AsyncConnection.connect(autocommit=True, **_revealed(options))
+    except Exception as exc:
         error = exc
     # Without psycopg's frames: they hold the connection string, password included, in
-    # local variables that tracebacks showing locals (error trackers) would record.
-    raise error.with_traceback(None)
+    # local variables that error trackers record.
+    raise _without_frames(error)
+
+
+def _revealed(params: dict[str, Any]) -> dict[str, Any]:
+    return {key: plain(value) for key, value in params.items()}
+
+
+def _without_frames(error: BaseException) -> BaseException:
+    """``error``, and the exceptions it was raised from or during, without tracebacks."""
+    seen: list[BaseException] = []
+    item: BaseException | None = error
+    while item is not None and all(item is not known for known in seen):
+        seen.append(item)
+        item.with_traceback(None)
+        item = item.__cause__ or item.__context__
+    return error
+
+
+#: libpq keywords whose values are secrets.
+_SECRET_KEYWORDS = frozenset({"password", "sslpassword"})
+
+
+def _keyword(key: str, value: Any) -> Any:
+    """A libpq keyword's value: a :class:`Secret` for a secret one, plain otherwise."""
+    value = plain(value)
+    if key in _SECRET_KEYWORDS and value is not None:
+        return Secret(value if isinstance(value, str) else str(value))
+    return value
+
+
+def _parse_dsn(dsn: Any) -> dict[str, Any] | None:
+    """The keywords of a connection string (a :class:`Secret` or a str), the secret ones
+    concealed, or None when it does not parse. Never raises: the parser's error and its
+    frames would hold the string, password included."""
+    try:
+        return {key: _keyword(key, value) for key, value in conninfo_to_dict(plain(dsn)).items()}
+    except Exception:
+        return None
 
 
 def _has_password(value: Any) -> bool:
     """Whether a ``dsn`` (already parsed once by ``_explicit``) or a ``connection`` dict
-    sets a password; in a function of its own, so that no frame that raises holds the
-    parsed string."""
-    params = conninfo_to_dict(value) if isinstance(value, str) else (value or {})
-    return bool(params.get("password"))
+    sets a password."""
+    if isinstance(value, (str, Secret)):
+        return bool((_parse_dsn(value) or {}).get("password"))
+    return bool(value is not None and HiddenSettings(value).get("password"))
 
 
 class Failure(enum.Enum):
