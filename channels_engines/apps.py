@@ -1,4 +1,5 @@
-"""Django app: makes the ``{"ENGINE": ..., "CONFIG": ...}`` form of CHANNEL_LAYERS work."""
+"""Django app: makes the ``{"ENGINE": ..., "CONFIG": ...}`` form of CHANNEL_LAYERS work,
+and keeps the CONFIG of this package's layers hidden (see :mod:`channels_engines.settings`)."""
 
 from __future__ import annotations
 

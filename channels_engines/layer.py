@@ -34,7 +34,7 @@ from .options import (
     check_capacity_patterns,
     validate_options,
 )
-from .redaction import HiddenValues
+from .redaction import HiddenSettings
 from .serialization import UndecodableMessage, decode, encode
 from .settings import LAYER_BACKEND
 from .validation import (
@@ -122,18 +122,19 @@ class EngineChannelLayer(BaseChannelLayer):
     MessageTooLarge = MessageTooLarge
 
     def __init__(self, **config: Any) -> None:
-        alias = _find_alias(config, type(self))
-        # From here on the settings may sit in traceback frames: hide their values.
-        config = HiddenValues(config, shown=["ENGINE"])
+        # The settings may hold passwords anywhere, and error trackers record the local
+        # variables of a raising frame, walking dicts: from here on they are opaque.
+        given = HiddenSettings(config, shown=["ENGINE"])
+        del config
+        alias = _find_alias(given, type(self))
         where = f"CHANNEL_LAYERS[{alias!r}]" if alias else "EngineChannelLayer"
-        if "ENGINE" not in config:
+        if "ENGINE" not in given:
             raise InvalidEngineError(
                 f"{where}: no ENGINE given. Name one in CONFIG (or next to CONFIG with "
                 "'channels_engines' in INSTALLED_APPS); available engines: "
                 f"{', '.join(repr(name) for name in engines.names())}."
             )
-        options = HiddenValues(config)
-        engine_value = options.pop("ENGINE")
+        engine_value = given["ENGINE"]
         engine_class = engines.load(engine_value, where=where)
         self.engine_name = engine_value if isinstance(engine_value, str) else engine_class.__name__
         _require_available(engine_class, self.engine_name, where)
@@ -145,7 +146,10 @@ class EngineChannelLayer(BaseChannelLayer):
                 f"{', '.join(sorted(overlap))}."
             )
         values = validate_options(
-            options, {**LAYER_OPTIONS, **engine_class.options}, where=where, owner=owner
+            given.without("ENGINE"),
+            {**LAYER_OPTIONS, **engine_class.options},
+            where=where,
+            owner=owner,
         )
         layer_values = {key: values.pop(key) for key in LAYER_OPTIONS}
 
@@ -350,7 +354,7 @@ def _compile_capacities(patterns: Mapping[Any, int]) -> list[tuple[re.Pattern[st
     return compiled
 
 
-def _find_alias(config: Mapping[str, Any], layer_class: type) -> str | None:
+def _find_alias(config: HiddenSettings, layer_class: type) -> str | None:
     """The CHANNEL_LAYERS alias whose CONFIG (or TEST_CONFIG) this layer was built from.
 
     Channels passes only CONFIG (``{}`` when there is none) to the layer class; matching it

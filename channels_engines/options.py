@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .exceptions import InvalidConfigError
-from .redaction import HiddenValues, Secret
+from .redaction import HiddenSettings, conceal, plain
 
 __all__ = ["MAX_CAPACITY", "Option", "closest", "validate_options"]
 
@@ -31,7 +31,8 @@ class Option:
     asked for; NaN and infinities never where ``float`` is). ``minimum`` and ``maximum``
     bound numbers inclusively, ``above`` exclusively; ``choices`` restricts to fixed
     values; ``check`` is a last hook for shapes the other fields cannot say. ``secret``
-    options are never shown in reprs or error messages.
+    options are never shown in reprs or error messages; their strings arrive as
+    :class:`~channels_engines.redaction.Secret`, however deep in a dict or list.
     """
 
     types: tuple[type, ...]
@@ -123,7 +124,7 @@ def closest(word: str, candidates: Iterable[str]) -> str | None:
 
 
 def validate_options(
-    values: Mapping[str, Any],
+    values: Mapping[str, Any] | HiddenSettings,
     declared: Mapping[str, Option],
     *,
     where: str,
@@ -132,12 +133,15 @@ def validate_options(
     """Check ``values`` against ``declared`` and return them with defaults filled in.
 
     ``where`` names the setting for messages ("CHANNEL_LAYERS['default']"); ``owner`` says
-    whose keys these are ("ENGINE 'postgres'").
+    whose keys these are ("ENGINE 'postgres'"). The values of ``secret`` options come back
+    concealed (see :func:`~channels_engines.redaction.conceal`), the others plain.
     """
+    # Opaque while they are checked: the values may hold passwords anywhere, and error
+    # trackers record the local variables of a raising frame, walking mappings. No value
+    # is bound to a local name either.
+    values = HiddenSettings(values)
     allowed = sorted(declared)
-    result = HiddenValues(shown=[key for key, option in declared.items() if not option.secret])
-    # Values are read from the mappings and never bound to a local name: the settings
-    # may hold passwords, and error trackers record the locals of a raising frame.
+    result: dict[str, Any] = {}
     for key in values:
         if key not in declared:
             hint = closest(key, allowed) if isinstance(key, str) else None
@@ -147,25 +151,21 @@ def validate_options(
                 f"Allowed keys: {', '.join(allowed)}."
             )
         option = declared[key]
-        problem = option.problem(values[key])
+        problem = option.problem(plain(values[key]))
         if problem is not None:
-            shown = "<hidden>" if option.secret else _short_repr(values[key])
+            shown = "<hidden>" if option.secret else _short_repr(plain(values[key]))
             raise InvalidConfigError(
                 f"{where}: CONFIG[{key!r}] must be {problem}, not {shown} "
-                f"({type(values[key]).__name__})."
+                f"({type(plain(values[key])).__name__})."
             )
-        result[key] = values[key]
+        result[key] = conceal(values[key]) if option.secret else plain(values[key])
     for key, option in declared.items():
-        if option.secret and isinstance(result.get(key), str):
-            result[key] = Secret(result[key])
-        elif option.secret and isinstance(result.get(key), dict):
-            result[key] = HiddenValues(result[key])
         if key not in result and option.required:
             raise InvalidConfigError(
                 f"{where}: the CONFIG key {key!r} is required for {owner}; it must be "
                 f"{option.describe()}."
             )
-        result.setdefault(key, option.default)
+        result.setdefault(key, conceal(option.default) if option.secret else option.default)
     return result
 
 

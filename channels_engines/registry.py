@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 from django.utils.module_loading import import_string
 
 from .options import closest
+from .redaction import Secret
 
 __all__ = ["Registry", "RegistryEntry"]
 
@@ -125,6 +126,12 @@ class Registry(Generic[T]):
         """Resolve a registered name, an entry-point name or a dotted path to a class."""
         if isinstance(value, type):
             return self._checked(value, value, where=where)
+        if isinstance(value, Secret):
+            # From a secret setting: only a registered name or a dotted path is revealed;
+            # anything else may be a password put in the wrong place.
+            if not _NAME_OR_PATH.fullmatch(value.reveal()):
+                raise self._not_shown(where)
+            value = value.reveal()
         if not isinstance(value, str) or not value:
             raise self._error(
                 f"{where}: {self.setting} must be a registered name or a dotted path, "
@@ -149,11 +156,7 @@ class Registry(Generic[T]):
         elif published:
             cls = self._load_entry_point(published[0], value, where)
         elif not _NAME_OR_PATH.fullmatch(value):
-            # Not shown: a value of this shape may be a password put in the wrong place.
-            raise self._error(
-                f"{where}: {self.setting} is neither a registered name nor a dotted path (the "
-                f"value is not shown). Available {self.kind}s: {self._available()}."
-            )
+            raise self._not_shown(where)
         elif "." in value:
             cls = self._import(value, value, where)
         else:
@@ -189,6 +192,14 @@ class Registry(Generic[T]):
             for name in list(self._loaded):
                 if name not in self._entries:
                     del self._loaded[name]
+
+    def _not_shown(self, where: str) -> Exception:
+        """Neither a name nor a path: a value of that shape may be a password put in the
+        wrong place, so it is not repeated."""
+        return self._error(
+            f"{where}: {self.setting} is neither a registered name nor a dotted path (the "
+            f"value is not shown). Available {self.kind}s: {self._available()}."
+        )
 
     def _available(self) -> str:
         return ", ".join(repr(name) for name in self.names()) or "none"

@@ -80,7 +80,9 @@ class MintingProvider(CredentialProvider):
     async def aget_credentials(self) -> Credentials:
         token = "tok-" + secrets.token_urlsafe(24)
         expires_at = datetime.now(timezone.utc) + timedelta(seconds=self.settings["lifetime"])
-        await set_password(self.settings["admin_dsn"], self.settings["role"], token, expires_at)
+        await set_password(
+            self.settings["admin_dsn"].reveal(), self.settings["role"], token, expires_at
+        )
         self.mints.append(time.time())
         return Credentials(self.settings["role"], token, expires_at)
 

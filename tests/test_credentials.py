@@ -85,11 +85,13 @@ def test_credentials_are_immutable() -> None:
     with pytest.raises(TypeError):
         credentials.extra["sslmode"] = "disable"  # type: ignore[index]
     extra["sslmode"] = "disable"  # the caller's dict is copied
-    assert credentials.extra == {"sslmode": "require"}
+    assert credentials.extra == {"sslmode": Secret("require")}
 
 
 def test_credentials_check_their_fields() -> None:
-    with pytest.raises(TypeError, match=r"Credentials\.password must be a str, not bytes"):
+    with pytest.raises(
+        TypeError, match=r"Credentials\.password must be a str or a Secret, not bytes"
+    ):
         Credentials("app", b"secret")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="must be timezone-aware"):
         Credentials("app", "secret", datetime.now())
@@ -119,10 +121,15 @@ def test_credentials_never_show_the_password_in_repr_or_str(
     with caplog.at_level(logging.INFO, logger="tests.credentials"):
         logging.getLogger("tests.credentials").info("using %s, %r", credentials, credentials)
     assert SENTINEL not in caplog.text
-    # It is still the password, for the driver.
-    assert credentials.password == SENTINEL
-    assert isinstance(credentials.password, str)
-    assert params == {"sslpassword": SENTINEL, "port": 5432, "user": "app", "password": SENTINEL}
+    # The driver gets it from reveal(), in the call that hands it over.
+    assert isinstance(credentials.password, Secret)
+    assert credentials.password.reveal() == SENTINEL
+    assert params == {
+        "sslpassword": Secret(SENTINEL),
+        "port": 5432,
+        "user": "app",
+        "password": Secret(SENTINEL),
+    }
     assert repr(Secret(SENTINEL)) == "Secret('********')"
 
 
@@ -130,7 +137,7 @@ def test_credentials_in_a_traceback_with_local_variables_and_chained_errors_stay
     def connect(credentials: Credentials) -> None:
         params = credentials.connection_params()
         password = credentials.password
-        raise ConnectionError(f"refused for {params['user']} ({len(password or '')} chars)")
+        raise ConnectionError(f"refused for {params['user']} ({password is not None})")
 
     def open_pool() -> None:
         credentials = Credentials("app", SENTINEL, soon(60), {"sslkey": SENTINEL})
@@ -519,7 +526,7 @@ def test_a_file_being_rewritten_in_place_is_read_only_once_it_has_settled(
         os.utime(secret, (past, past))
 
     monkeypatch.setattr(builtin.time, "sleep", settling)
-    assert provider.get_credentials().password == "half-written-in-full"
+    assert provider.get_credentials().password == Secret("half-written-in-full")
     assert len(waits) == 1
     assert 0 < waits[0] <= 30
 
@@ -541,7 +548,7 @@ def test_a_file_that_changes_while_it_is_read_is_read_again(
         return os.stat(path)
 
     monkeypatch.setattr(builtin, "os", SimpleNamespace(stat=stat, environ=os.environ))
-    assert provider.get_credentials().password == "new-password"
+    assert provider.get_credentials().password == Secret("new-password")
     assert calls == 4
 
 
@@ -553,14 +560,14 @@ def test_a_kubernetes_style_symlink_swap_is_followed(tmp_path: Path) -> None:
     (tmp_path / "..data").symlink_to(first.name)
     (tmp_path / "password").symlink_to("..data/password")
     provider = file_provider(tmp_path / "password")
-    assert provider.get_credentials().password == "first"
+    assert provider.get_credentials().password == Secret("first")
 
     second = tmp_path / "..2026_02_01"
     second.mkdir()
     (second / "password").write_text("second", encoding="utf-8")
     (tmp_path / "..data_tmp").symlink_to(second.name)
     os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
-    assert provider.get_credentials().password == "second"
+    assert provider.get_credentials().password == Secret("second")
 
 
 # django ------------------------------------------------------------------------------------
@@ -588,11 +595,15 @@ def test_django_asks_the_aliases_own_backend_every_time() -> None:
     finally:
         counting_backend.PASSWORDS.pop(alias, None)
     assert counting_backend.CALLS[alias] == before + 2
-    assert (first.user, first.password, second.password) == ("app", SENTINEL, "rotated")
-    assert first.extra["dbname"] == "chat"
-    assert first.extra["host"] == "db.internal"
-    assert first.extra["port"] == "6432"
-    assert first.extra["sslmode"] == "require"
+    assert (first.user, first.password, second.password) == (
+        "app",
+        Secret(SENTINEL),
+        Secret("rotated"),
+    )
+    assert first.extra["dbname"] == Secret("chat")
+    assert first.extra["host"] == Secret("db.internal")
+    assert first.extra["port"] == Secret("6432")
+    assert first.extra["sslmode"] == Secret("require")
     assert "cursor_factory" not in first.extra
     assert "context" not in first.extra
     assert SENTINEL not in repr(first)
@@ -653,7 +664,7 @@ def test_callable_accepts_sync_and_async_functions_and_their_usual_returns() -> 
     assert call(async_login).user == "async"
     from_dict = call(login_dict)
     assert from_dict.user == "dict"
-    assert from_dict.extra == {"sslmode": "require"}
+    assert from_dict.extra == {"sslmode": Secret("require")}
     assert from_dict.expires_at is not None
 
 
@@ -717,7 +728,7 @@ def test_the_documented_custom_provider_works_from_settings(
         )
         credentials = CredentialCache(provider, describe=repr(provider))
         current = asyncio.run(credentials.get())
-        assert (current.user, current.password) == ("chat", SENTINEL)
+        assert (current.user, current.password) == ("chat", Secret(SENTINEL))
         assert current.expires_at is not None
         registered("secret_store", path)
         assert isinstance(
@@ -954,8 +965,9 @@ def test_changed_credentials_are_verified_before_they_replace_the_current_ones(
     verified: list[str | None] = []
 
     async def verify(credentials: Credentials) -> None:
-        verified.append(credentials.password)
-        if credentials.password == "half-written":
+        assert credentials.password is not None
+        verified.append(credentials.password.reveal())
+        if credentials.password == Secret("half-written"):
             raise CredentialsError("password authentication failed")
 
     cache.set_verifier(verify)

@@ -23,7 +23,7 @@ import pytest
 from psycopg import sql
 
 from channels_engines import Credentials, EngineChannelLayer, InvalidConfigError
-from channels_engines.credentials import CredentialCache, CredentialsError, resolve_provider
+from channels_engines.credentials import CredentialCache, CredentialsError, Secret, resolve_provider
 from channels_engines.credentials.aws import AwsRdsIamProvider
 from channels_engines.embedded import EmbeddedPostgres
 from tests.standins import (
@@ -88,9 +88,9 @@ def formatted(error: BaseException) -> str:
 def test_the_token_is_signed_for_the_endpoint_and_user_and_lasts_15_minutes() -> None:
     before = datetime.now(timezone.utc)
     credentials = provider(port=6432, region="eu-west-1").get_credentials()
-    token = credentials.password
     assert credentials.user == "chat"
-    assert token is not None
+    assert credentials.password is not None
+    token = credentials.password.reveal()
     assert token.startswith("db.example.internal:6432/?")
     parameters = rds_token_parameters(token)
     assert parameters["Action"] == "connect"
@@ -114,8 +114,9 @@ def test_without_a_region_option_boto3s_default_region_is_used(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-southeast-2")
-    token = provider().get_credentials().password
-    assert token is not None
+    secret = provider().get_credentials().password
+    assert secret is not None
+    token = secret.reveal()
     assert "%2Fap-southeast-2%2Frds-db%2Faws4_request" in token
 
 
@@ -187,8 +188,8 @@ def test_an_unknown_profile_is_a_clear_error() -> None:
 def test_neither_the_token_nor_the_aws_secret_ever_shows() -> None:
     source = provider(region="eu-west-1")
     credentials = source.get_credentials()
-    token = credentials.password
-    assert token is not None
+    assert credentials.password is not None
+    token = credentials.password.reveal()
     for text in (repr(source), str(source), repr(credentials), str(credentials)):
         assert token not in text
         assert SECRET_KEY not in text
@@ -254,7 +255,7 @@ class RdsIamWithStandIn(AwsRdsIamProvider):
         assert self.stand_in is not None
         assert credentials.user is not None
         assert credentials.password is not None
-        self.stand_in.authorize(credentials.password, credentials.user)
+        self.stand_in.authorize(credentials.password.reveal(), credentials.user)
         return credentials
 
 
@@ -308,7 +309,7 @@ def test_the_engine_logs_in_with_the_token_and_gets_a_new_one_when_refused(
         assert set(users_of(pg, app)) == {role}
         engine = layer._engines[asyncio.get_running_loop()]
         cache = engine.shared.connection.credentials
-        assert cache.current.password == stand_in.accepted[-1]
+        assert cache.current.password == Secret(stand_in.accepted[-1])
         assert len(stand_in.accepted) == cache.fetches == 1
 
         # The token no longer logs in (as after 15 minutes): a new connection is refused
@@ -320,13 +321,13 @@ def test_the_engine_logs_in_with_the_token_and_gets_a_new_one_when_refused(
                 port=pg.port,
                 dbname="postgres",
                 user=role,
-                password=cache.current.password,
+                password=cache.current.password.reveal(),
             )
         await engine._pool.drain()
         await layer.send(channel, {"n": 2})
         assert await asyncio.wait_for(layer.receive(channel), 10) == {"n": 2}
         assert len(stand_in.accepted) == cache.fetches == 2
-        assert cache.current.password == stand_in.accepted[-1]
+        assert cache.current.password == Secret(stand_in.accepted[-1])
         await layer.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))

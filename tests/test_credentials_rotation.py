@@ -45,7 +45,7 @@ import pytest
 from psycopg import sql
 
 from channels_engines import EngineChannelLayer
-from channels_engines.credentials import CredentialsError
+from channels_engines.credentials import CredentialsError, Secret
 from channels_engines.embedded import EmbeddedPostgres
 from channels_engines.exceptions import InvalidConfigError
 from channels_engines.postgres.connection import ConnectionSettings
@@ -827,7 +827,7 @@ def test_a_file_secret_is_picked_up_and_never_used_half_written(
                         await asyncio.sleep(0.1)  # a slow writer (shorter than 'settle')
                         handle.write(new[len(new) // 2 :])
                 await await_for(
-                    lambda: cache.current is not None and cache.current.password == new,
+                    lambda: cache.current is not None and cache.current.password == Secret(new),
                     "the new password in use",
                     20,
                 )
@@ -870,7 +870,7 @@ def test_the_postgres_engine_accepts_a_credentials_key(
         dsn=cluster.target,
         credentials={"provider": "static", "user": "someone", "password": "pw"},
     )
-    assert layer.config.options["credentials"]["provider"] == "static"
+    assert layer.config.options["credentials"]["provider"] == Secret("static")
 
 
 def settings_for(target: str, credentials: Any) -> ConnectionSettings:
@@ -901,7 +901,7 @@ def test_a_connection_failure_that_is_not_a_refused_login_keeps_the_cached_crede
         assert not isinstance(info.value, CredentialsError)
         assert cache.fetches == 1
         assert not cache.needs_refresh()
-        assert (await cache.get()).password == control.password
+        assert (await cache.get()).password == Secret(control.password)
 
     run(scenario(), timeout=30)
 

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from channels_engines import EngineChannelLayer, InvalidConfigError
-from channels_engines.credentials import CredentialsError, resolve_provider
+from channels_engines.credentials import CredentialsError, Secret, resolve_provider
 from channels_engines.credentials.vault import VaultProvider
 from channels_engines.embedded import EmbeddedPostgres
 from tests.polling import await_for
@@ -61,10 +61,11 @@ def provider(vault: VaultStandIn, **options: object) -> VaultProvider:
     return made
 
 
-def login(pg: EmbeddedPostgres, user: str | None, password: str | None) -> str:
+def login(pg: EmbeddedPostgres, user: str | None, password: Secret | None) -> str:
     """Log in over TCP with a password, as the engine does; return current_user."""
+    assert password is not None
     with psycopg.connect(
-        host=pg.host, port=pg.port, dbname="postgres", user=user, password=password
+        host=pg.host, port=pg.port, dbname="postgres", user=user, password=password.reveal()
     ) as conn:
         row = conn.execute("SELECT current_user").fetchone()
     assert row is not None
@@ -84,7 +85,7 @@ def test_generated_credentials_log_in_as_the_user_vault_created(
     credentials = provider(vault).get_credentials()
     assert credentials.user is not None
     assert credentials.user.startswith("v-token-chat-")
-    assert credentials.password == vault.lease_of(credentials.user).password
+    assert credentials.password == Secret(vault.lease_of(credentials.user).password)
     assert credentials.expires_at is not None
     assert soon(3590) < credentials.expires_at <= soon(3600)
     assert login(pg, credentials.user, credentials.password) == credentials.user

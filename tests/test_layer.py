@@ -27,6 +27,7 @@ from channels_engines import (
 from channels_engines import layer as layer_module
 from channels_engines.apps import _on_setting_changed
 from channels_engines.memory import MemoryEngine
+from channels_engines.redaction import Secret
 from channels_engines.testing import undecodable_payloads
 from channels_engines.validation import non_local_name
 
@@ -350,7 +351,7 @@ def test_errors_are_channels_invalid_channel_layer_errors() -> None:
 def test_repr_shows_no_config_values() -> None:
     layer = EngineChannelLayer(ENGINE=SecretEngine, password="hunter2", capacity=4321)
     assert repr(layer) == "<EngineChannelLayer alias=None engine='SecretEngine'>"
-    assert layer.config.options == {"password": "hunter2", "region": "eu"}
+    assert layer.config.options == {"password": Secret("hunter2"), "region": "eu"}
 
 
 def test_config_holds_validated_values_with_defaults() -> None:

@@ -20,7 +20,7 @@ from channels_engines import Credentials, EngineChannelLayer
 from channels_engines.credentials.aws import AwsRdsIamProvider
 from channels_engines.credentials.vault import VaultProvider
 from channels_engines.embedded import EmbeddedPostgres
-from channels_engines.redaction import HiddenValues
+from channels_engines.redaction import HiddenSettings
 
 PACKAGE = Path(channels_engines.__file__).parent
 
@@ -56,7 +56,7 @@ def test_the_classes_with_a_repr_are_found() -> None:
         "EmbeddedPostgres",
         "EngineChannelLayer",
         "Events",
-        "HiddenValues",
+        "HiddenSettings",
         "Secret",
         "VaultProvider",
     }
@@ -91,17 +91,15 @@ def test_layer_whose_settings_were_refused() -> None:
 
 def test_credentials_whose_values_were_refused_show_no_secret() -> None:
     bad_password = half_built(TypeError, lambda: Credentials("app", 12345678))  # type: ignore[arg-type]
+    # Values are checked before any is set: the half-built object holds none of them.
     assert repr(bad_password) == (
-        "Credentials(user='app', password='********', expires_at=None, extra_keys=[])"
+        "Credentials(user=None, password=None, expires_at=None, extra_keys=[])"
     )
     naive = half_built(
         ValueError,
         lambda: Credentials("app", "hunter2", datetime(2030, 1, 1), {"sslmode": "require"}),
     )
-    assert repr(naive) == (
-        "Credentials(user='app', password='********', expires_at='2030-01-01T00:00:00', "
-        "extra_keys=['sslmode'])"
-    )
+    assert repr(naive) == "Credentials(user=None, password=None, expires_at=None, extra_keys=[])"
     assert "hunter2" not in str(naive)
 
 
@@ -117,6 +115,6 @@ def test_embedded_server_whose_arguments_were_refused() -> None:
     assert repr(server) == ("<EmbeddedPostgres ?:? data_dir='<temporary>' auth=None running=False>")
 
 
-def test_hidden_values_whose_values_were_refused() -> None:
-    values = half_built(TypeError, lambda: HiddenValues(5))
+def test_hidden_settings_whose_values_were_refused() -> None:
+    values = half_built(TypeError, lambda: HiddenSettings(5))
     assert repr(values) == "{}"

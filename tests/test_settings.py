@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
-from channels_engines import InvalidEngineError
+from channels_engines import EngineChannelLayer, InvalidEngineError
+from channels_engines.redaction import HiddenSettings
 from channels_engines.settings import LAYER_BACKEND, normalize_channel_layers
 
 
@@ -50,12 +52,50 @@ def test_test_config_may_name_its_own_engine() -> None:
         None,
         "not a dict",
         {},
-        {"default": {"BACKEND": LAYER_BACKEND, "CONFIG": {"ENGINE": "memory"}}},
+        {"default": {"BACKEND": LAYER_BACKEND, "CONFIG": HiddenSettings({"ENGINE": "memory"})}},
         {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}},
+        {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"x": 1}}},
     ],
 )
 def test_nothing_to_rewrite_returns_none(layers: Any) -> None:
     assert normalize_channel_layers(layers) is None
+
+
+def test_the_config_of_this_packages_layers_is_hidden_in_both_forms() -> None:
+    layers = {
+        "engine": {"ENGINE": "postgres", "CONFIG": {"dsn": "secret"}, "TEST_CONFIG": {}},
+        "backend": {
+            "BACKEND": LAYER_BACKEND,
+            "CONFIG": {"ENGINE": "postgres", "dsn": "secret"},
+            "TEST_CONFIG": {"ENGINE": "memory"},
+        },
+        "stock": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"x": "y"}},
+    }
+    result = normalize_channel_layers(layers)
+    assert result is not None
+    for alias in ("engine", "backend"):
+        for key in ("CONFIG", "TEST_CONFIG"):
+            assert isinstance(result[alias][key], HiddenSettings), (alias, key)
+            assert not isinstance(result[alias][key], Mapping)
+    assert repr(result["backend"]["CONFIG"]) == "{'ENGINE': 'postgres', 'dsn': <hidden>}"
+    assert result["backend"]["CONFIG"] == {"ENGINE": "postgres", "dsn": "secret"}
+    assert result["stock"] == layers["stock"]
+    assert type(result["stock"]["CONFIG"]) is dict
+    assert type(layers["backend"]["CONFIG"]) is dict  # the input is not modified
+
+
+def test_a_hidden_config_still_builds_the_layer_through_channels() -> None:
+    from channels.layers import get_channel_layer
+    from django.test import override_settings
+
+    layers = {"default": {"BACKEND": LAYER_BACKEND, "CONFIG": {"ENGINE": "memory", "capacity": 7}}}
+    with override_settings(CHANNEL_LAYERS=layers):
+        from django.conf import settings
+
+        assert isinstance(settings.CHANNEL_LAYERS["default"]["CONFIG"], HiddenSettings)
+        layer = get_channel_layer()
+        assert isinstance(layer, EngineChannelLayer)
+        assert (layer.alias, layer.capacity) == ("default", 7)
 
 
 def test_already_rewritten_settings_are_left_alone() -> None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, ClassVar, NoReturn
 
 from ..options import Option
-from ..redaction import Secret
+from ..redaction import Secret, conceal
 from ..requirements import Requirement
 
 __all__ = ["CredentialProvider", "Credentials", "CredentialsError", "Secret"]
@@ -24,33 +24,45 @@ class CredentialsError(Exception):
     """A credential provider could not supply credentials."""
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, init=False)
 class Credentials:
     """What a provider returns: immutable, and never shows its secret.
 
-    ``password`` holds a password or a token. ``expires_at`` (timezone-aware) tells the
-    cache when to refresh. ``extra`` holds further connection parameters (for example
-    ``sslmode`` or a host the token was minted for); its values are treated as secret too.
+    ``password`` holds a password or a token, given as a ``str`` (or a :class:`Secret`) and
+    kept as a :class:`Secret`: ``credentials.password.reveal()`` returns it. ``expires_at``
+    (timezone-aware) tells the cache when to refresh. ``extra`` holds further connection
+    parameters (for example ``sslmode`` or a host the token was minted for); its string
+    values are kept as secrets too.
     """
 
-    user: str | None = None
-    password: str | None = None
-    expires_at: datetime | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    user: str | None
+    password: Secret | None
+    expires_at: datetime | None
+    extra: Mapping[str, Any]
 
-    def __post_init__(self) -> None:
-        if self.password is not None and not isinstance(self.password, Secret):
-            if not isinstance(self.password, str):
-                raise TypeError(
-                    f"Credentials.password must be a str, not {type(self.password).__name__}"
-                )
-            object.__setattr__(self, "password", Secret(self.password))
-        if self.expires_at is not None and self.expires_at.tzinfo is None:
+    def __init__(
+        self,
+        user: str | None = None,
+        password: str | Secret | None = None,
+        expires_at: datetime | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        # Secrets are wrapped before anything can raise: error trackers record the local
+        # variables of a raising frame. Extra is copied read-only: the caller's dict may
+        # change, and these must not.
+        extra = _ReadOnlyDict({key: _hidden(value) for key, value in (extra or {}).items()})
+        if password is not None and not isinstance(password, Secret):
+            if not isinstance(password, str):
+                kind = type(password).__name__
+                del password
+                raise TypeError(f"Credentials.password must be a str or a Secret, not {kind}")
+            password = Secret(password)
+        if expires_at is not None and expires_at.tzinfo is None:
             raise ValueError("Credentials.expires_at must be timezone-aware (use UTC)")
-        # A read-only copy: the caller's dict may change, and these must not.
-        # String values are hidden like the password (an sslpassword, a token).
-        extra = {key: _hidden(value) for key, value in self.extra.items()}
-        object.__setattr__(self, "extra", _ReadOnlyDict(extra))
+        object.__setattr__(self, "user", user)
+        object.__setattr__(self, "password", password)
+        object.__setattr__(self, "expires_at", expires_at)
+        object.__setattr__(self, "extra", extra)
 
     def __repr__(self) -> str:
         # Also while __post_init__ refuses a value, or before it ran: a traceback shows it.
@@ -83,7 +95,8 @@ class Credentials:
         )
 
     def connection_params(self) -> dict[str, Any]:
-        """Keyword arguments for the driver: extra first, then user and password."""
+        """Keyword arguments for the driver: extra first, then user and password; secret
+        values stay :class:`Secret` (reveal them in the call that hands them over)."""
         params = dict(self.extra)
         if self.user is not None:
             params["user"] = self.user
@@ -94,7 +107,7 @@ class Credentials:
 
 class _ReadOnlyDict(dict[str, Any]):
     """A dict that refuses changes, so Credentials stay immutable; unlike a mapping
-    proxy it still copies, pickles and serialises to JSON like a dict."""
+    proxy it still copies like a dict."""
 
     __slots__ = ()
 
@@ -144,8 +157,12 @@ class CredentialProvider:
             )
 
     def __init__(self, **options: Any) -> None:
-        #: The validated options (secret ones included: never log this).
-        self.settings = options
+        #: The validated options. Those declared ``secret=True`` hold :class:`Secret`
+        #: values (``self.settings["token"].reveal()``), however the provider was made.
+        self.settings = {
+            key: conceal(value) if key in self.options and self.options[key].secret else value
+            for key, value in options.items()
+        }
 
     def __repr__(self) -> str:
         return f"<{type(self).__qualname__} {self.name or 'credential provider'}>"

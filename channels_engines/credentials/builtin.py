@@ -14,7 +14,7 @@ from typing import Any
 from django.utils.module_loading import import_string
 
 from ..options import Option
-from .base import CredentialProvider, Credentials, CredentialsError
+from .base import CredentialProvider, Credentials, CredentialsError, Secret
 
 __all__ = [
     "CallableProvider",
@@ -195,9 +195,9 @@ class DjangoProvider(CredentialProvider):
         params = dict(wrapper.get_connection_params())
         for key in _DJANGO_ONLY:
             params.pop(key, None)
-        user = params.pop("user", None)
-        password = params.pop("password", None)
-        return Credentials(user, password, extra=params)
+        # The password leaves ``params`` as the arguments are evaluated, before anything
+        # can raise with this frame's local variables recorded.
+        return Credentials(params.pop("user", None), params.pop("password", None), extra=params)
 
 
 class CallableProvider(CredentialProvider):
@@ -232,27 +232,40 @@ class CallableProvider(CredentialProvider):
         self.cache_ttl = options.get("ttl")  # type: ignore[misc]
 
     async def aget_credentials(self) -> Credentials:
+        # What the function returns is never a local variable here: it may be refused,
+        # and a refusal must not carry the password in this frame.
         if inspect.iscoroutinefunction(self._function):
-            result = await self._function()
-        else:
-            result = await asyncio.to_thread(self._function)
-        return as_credentials(result, self.settings["path"])
+            return as_credentials(await self._function(), self.settings["path"])
+        return as_credentials(await asyncio.to_thread(self._function), self.settings["path"])
 
 
 def as_credentials(value: Any, source: str) -> Credentials:
-    """Accept what a user function may reasonably return."""
-    if isinstance(value, Credentials):
-        return value
-    if isinstance(value, str):
-        return Credentials(password=value)
-    if isinstance(value, Mapping) and "password" in value:
-        expires_at = value.get("expires_at")
-        if expires_at is not None and not isinstance(expires_at, datetime):
-            raise CredentialsError(f"{source} returned an 'expires_at' that is not a datetime")
-        return Credentials(
-            value.get("user"), value["password"], expires_at, value.get("extra") or {}
-        )
-    raise CredentialsError(
+    """Accept what a user function may reasonably return; raise CredentialsError, from a
+    frame that no longer holds it, for anything else."""
+    found = _as_credentials(value, source)
+    del value  # error trackers record the local variables of a raising frame
+    if isinstance(found, str):
+        raise CredentialsError(found)
+    return found
+
+
+def _as_credentials(value: Any, source: str) -> Credentials | str:
+    """Credentials, or what is wrong with ``value`` (never quoting it); never raises."""
+    try:
+        if isinstance(value, Credentials):
+            return value
+        if isinstance(value, (str, Secret)):
+            return Credentials(password=value)
+        if isinstance(value, Mapping) and "password" in value:
+            expires_at = value.get("expires_at")
+            if expires_at is not None and not isinstance(expires_at, datetime):
+                return f"{source} returned an 'expires_at' that is not a datetime"
+            return Credentials(
+                value.get("user"), value["password"], expires_at, value.get("extra") or {}
+            )
+    except (TypeError, ValueError, AttributeError) as exc:
+        return f"{source} returned credentials that cannot be used: {exc}"
+    return (
         f"{source} returned {type(value).__name__}; return Credentials, a dict with "
         "'password', or a password string"
     )

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..exceptions import InvalidConfigError
 from ..options import Option, validate_options
-from ..redaction import HiddenValues
+from ..redaction import HiddenSettings, Secret, plain
 from ..registry import Registry
 from .base import CredentialProvider
 
@@ -62,27 +62,33 @@ def register_credential_provider(name: str, provider: type[CredentialProvider] |
 
 def resolve_provider(value: Any, *, where: str) -> CredentialProvider:
     """A provider from CONFIG['credentials']: a name, a dotted path, an instance, or a
-    dict ``{"provider": name, **options}``."""
+    dict ``{"provider": name, **options}``.
+
+    A name or dict from a validated CONFIG arrives concealed (its strings are
+    :class:`~channels_engines.redaction.Secret`); one given directly may be plain.
+    """
     if isinstance(value, CredentialProvider):
         return value
-    # Hidden in reprs (tracebacks showing local variables): options may hold a token.
-    options = HiddenValues()
-    if isinstance(value, Mapping):
-        options = HiddenValues(value)
-        if "provider" not in options:
+    # Opaque (error trackers record the local variables of a raising frame, walking
+    # dicts): the options may hold a password or a token.
+    options = HiddenSettings()
+    if isinstance(value, (Mapping, HiddenSettings)):
+        options = HiddenSettings(value)
+        value = options.get("provider")
+        if value is None:
             raise InvalidConfigError(
                 f"{where}: CONFIG['credentials'] is a dict without 'provider'. Write "
                 "{'provider': NAME, ...options}; available credential providers: "
                 f"{', '.join(repr(name) for name in credential_providers.names())}."
             )
-        value = options.pop("provider")
-    elif not isinstance(value, (str, type)):
+        options = options.without("provider")
+    elif not isinstance(value, (str, Secret, type)):
         raise InvalidConfigError(
             f"{where}: CONFIG['credentials'] must be a provider name, a dotted path, a "
             f"CredentialProvider instance or a dict with 'provider', not {type(value).__name__}."
         )
     cls = credential_providers.load(value, where=where)
-    name = value if isinstance(value, str) else cls.__qualname__
+    name = plain(value) if isinstance(value, (str, Secret)) else cls.__qualname__
     missing = [requirement for requirement in cls.requires if not requirement.installed()]
     if missing:
         hints = " and ".join(dict.fromkeys(requirement.install_hint() for requirement in missing))

@@ -204,26 +204,32 @@ class VaultProvider(CredentialProvider):
 
     def _vault_client(self) -> Any:
         """One hvac client per provider, its token taken afresh for every request."""
-        token = self.settings["token"] or os.environ.get("VAULT_TOKEN")
+        token = self.settings["token"]
+        if token is None and os.environ.get("VAULT_TOKEN"):
+            token = Secret(os.environ["VAULT_TOKEN"])
         if not token:
             raise CredentialsError(
                 f"no Vault token for {self!r}: set 'token' in CONFIG['credentials'] or the "
                 "VAULT_TOKEN environment variable."
             )
-        # A Secret: hvac and requests keep it in headers dicts, shown masked in tracebacks.
-        token = Secret(token)
-        if self._client is None:
-            hvac = importlib.import_module("hvac")
+        if self._client is not None:
+            self._client.token = token.reveal()
+            return self._client
+        hvac = importlib.import_module("hvac")
+        try:
             self._client = hvac.Client(
                 url=self.settings["url"],
-                token=token,
+                token=token.reveal(),
                 namespace=self.settings["namespace"],
                 verify=self.settings["verify"],
                 timeout=TIMEOUT,
             )
+        except Exception as exc:
+            reason = _reason(exc)
         else:
-            self._client.token = token
-        return self._client
+            return self._client
+        # Raised outside the handler: hvac's frames hold the token.
+        raise CredentialsError(f"cannot create a Vault client for {self!r}: {reason}")
 
 
 def _parse_lease(answer: Any, started: datetime) -> _Lease | None:

@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from ..credentials import CredentialCache, Credentials, Secret, resolve_provider
+from ..credentials import CredentialCache, Credentials, resolve_provider
 from ..credentials.builtin import DjangoProvider, NotPostgreSQL
 from ..exceptions import InvalidConfigError
+from ..redaction import HiddenSettings, Secret, plain
 
-__all__ = ["ConnectionSettings", "answers_within"]
+__all__ = ["ConnectionSettings", "Failure", "answers_within", "classify"]
 
 _APPLICATION_NAME = "channels_engines"
 
@@ -33,10 +36,15 @@ Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 class ConnectionSettings:
     """Builds connection parameters and opens connections for the pool and the listener."""
 
-    def __init__(self, options: Mapping[str, Any], where: str) -> None:
+    def __init__(self, options: Mapping[str, Any] | HiddenSettings, where: str) -> None:
+        # Opaque while they are read (error trackers record the local variables of a
+        # raising frame, walking dicts): the options may hold passwords, plain when they
+        # do not come from a validated CONFIG.
+        settings = HiddenSettings(options)
+        del options
         self._where = where
-        explicit = options.get("dsn") is not None or options.get("connection") is not None
-        database = options.get("database")
+        explicit = settings.get("dsn") is not None or settings.get("connection") is not None
+        database = plain(settings.get("database"))
         if explicit and database is not None:
             raise InvalidConfigError(
                 f"{where}: CONFIG gives both 'database' and 'dsn'/'connection'. Use "
@@ -44,55 +52,53 @@ class ConnectionSettings:
                 "directly, not both."
             )
         self.database: str | None = None if explicit else (database or "default")
-        self._static = self._explicit(options, "dsn", "connection") if explicit else None
+        self._static = self._explicit(settings, "dsn", "connection") if explicit else None
         listen_explicit = (
-            options.get("listen_dsn") is not None or options.get("listen_connection") is not None
+            settings.get("listen_dsn") is not None or settings.get("listen_connection") is not None
         )
         self._listen = (
-            self._explicit(options, "listen_dsn", "listen_connection") if listen_explicit else None
+            self._explicit(settings, "listen_dsn", "listen_connection") if listen_explicit else None
         )
         self._alias: DjangoProvider | None = None
         if self.database is not None:
             self._check_alias(self.database)
             self._alias = DjangoProvider(alias=self.database)
         self.credentials: CredentialCache | None = None
-        if options.get("credentials") is not None:
-            self._refuse_static_login(options)
-            provider = resolve_provider(options["credentials"], where=where)
+        if settings.get("credentials") is not None:
+            self._refuse_static_login(settings)
+            provider = resolve_provider(settings["credentials"], where=where)
             self.credentials = CredentialCache(provider, describe=repr(provider))
             self.credentials.set_verifier(self.probe)
 
     def _explicit(
-        self, options: Mapping[str, Any], dsn_key: str, keywords_key: str
+        self, settings: HiddenSettings, dsn_key: str, keywords_key: str
     ) -> dict[str, Any]:
+        """libpq keywords from a connection string and a dict of keywords, the secret ones
+        (``password``, ``sslpassword``) as :class:`Secret`."""
         params: dict[str, Any] = {}
-        dsn = options.get(dsn_key)
-        if dsn is not None:
-            try:
-                params.update(conninfo_to_dict(dsn))
-            except Exception:
-                # Not chained: the parser's message may quote the string, password included.
+        if settings.get(dsn_key) is not None:
+            parsed = _parse_dsn(settings[dsn_key])
+            if parsed is None:
                 raise InvalidConfigError(
                     f"{self._where}: CONFIG[{dsn_key!r}] is not a valid libpq connection "
                     "string or postgresql:// URL (the value is not shown: it may hold a "
                     "password)."
-                ) from None
-        keywords = options.get(keywords_key)
-        if keywords is not None:
+                )
+            params.update(parsed)
+        if settings.get(keywords_key) is not None:
+            keywords = HiddenSettings(settings[keywords_key])
             bad = [key for key in keywords if not isinstance(key, str)]
             if bad:
                 raise InvalidConfigError(
                     f"{self._where}: CONFIG[{keywords_key!r}] must map libpq keyword names "
                     f"(str) to values; got the key {bad[0]!r}."
                 )
-            params.update(keywords)
-        if isinstance(params.get("password"), str):
-            params["password"] = Secret(params["password"])
+            params.update({key: _keyword(key, keywords[key]) for key in keywords})
         return params
 
-    def _refuse_static_login(self, options: Mapping[str, Any]) -> None:
+    def _refuse_static_login(self, settings: HiddenSettings) -> None:
         for key in ("dsn", "connection", "listen_dsn", "listen_connection"):
-            if _has_password(options.get(key)):
+            if _has_password(settings.get(key)):
                 raise InvalidConfigError(
                     f"{self._where}: CONFIG sets both a password (in {key!r}) and "
                     "'credentials'. Give the password in 'dsn'/'connection' for a fixed "
@@ -152,7 +158,7 @@ class ConnectionSettings:
         try:
             return await _connect(params, purpose)
         except psycopg.OperationalError as exc:
-            if used is None or self.credentials is None or not login_refused(exc):
+            if used is None or self.credentials is None or classify(exc) is not Failure.LOGIN:
                 raise
             # Drop them, unless another connection has replaced them meanwhile; either
             # way the second attempt uses what the cache holds now.
@@ -189,44 +195,140 @@ class ConnectionSettings:
 
 
 async def _connect(params: dict[str, Any], purpose: str) -> Connection:
-    params = dict(params)
+    options = dict(params)
     if purpose == "listen":
-        params.pop("prepare_threshold", None)
+        options.pop("prepare_threshold", None)
     try:
-        return await psycopg.AsyncConnection.connect(autocommit=True, **params)
-    except psycopg.OperationalError as exc:
+        # Secrets are revealed inside the call: never a local variable of this frame.
+        return await psycopg.AsyncConnection.connect(autocommit=True, **_revealed(options))
+    except Exception as exc:
         error = exc
     # Without psycopg's frames: they hold the connection string, password included, in
-    # local variables that tracebacks showing locals (error trackers) would record.
-    raise error.with_traceback(None)
+    # local variables that error trackers record.
+    raise _without_frames(error)
+
+
+def _revealed(params: dict[str, Any]) -> dict[str, Any]:
+    return {key: plain(value) for key, value in params.items()}
+
+
+def _without_frames(error: BaseException) -> BaseException:
+    """``error``, and the exceptions it was raised from or during, without tracebacks."""
+    seen: list[BaseException] = []
+    item: BaseException | None = error
+    while item is not None and all(item is not known for known in seen):
+        seen.append(item)
+        item.with_traceback(None)
+        item = item.__cause__ or item.__context__
+    return error
+
+
+#: libpq keywords whose values are secrets.
+_SECRET_KEYWORDS = frozenset({"password", "sslpassword"})
+
+
+def _keyword(key: str, value: Any) -> Any:
+    """A libpq keyword's value: a :class:`Secret` for a secret one, plain otherwise."""
+    value = plain(value)
+    if key in _SECRET_KEYWORDS and value is not None:
+        return Secret(value if isinstance(value, str) else str(value))
+    return value
+
+
+def _parse_dsn(dsn: Any) -> dict[str, Any] | None:
+    """The keywords of a connection string (a :class:`Secret` or a str), the secret ones
+    concealed, or None when it does not parse. Never raises: the parser's error and its
+    frames would hold the string, password included."""
+    try:
+        return {key: _keyword(key, value) for key, value in conninfo_to_dict(plain(dsn)).items()}
+    except Exception:
+        return None
 
 
 def _has_password(value: Any) -> bool:
     """Whether a ``dsn`` (already parsed once by ``_explicit``) or a ``connection`` dict
-    sets a password; in a function of its own, so that no frame that raises holds the
-    parsed string."""
-    params = conninfo_to_dict(value) if isinstance(value, str) else (value or {})
-    return bool(params.get("password"))
+    sets a password."""
+    if isinstance(value, (str, Secret)):
+        return bool((_parse_dsn(value) or {}).get("password"))
+    return bool(value is not None and HiddenSettings(value).get("password"))
 
 
-def login_refused(error: psycopg.OperationalError) -> bool:
-    """Whether a failed connection attempt got as far as the server checking the login.
+class Failure(enum.Enum):
+    """What a failed connection attempt says about the login and about trying again."""
 
-    An unreachable or restarting server says nothing about the credentials; dropping them
-    would make every retry during an outage ask the provider again (with Vault, a new
-    database user per attempt). libpq reports no SQLSTATE for a refused login, but tells
-    whether the server asked for a password.
+    #: The server refused the login (wrong password, unknown role, no right to connect):
+    #: the credentials are at fault; trying again with them only adds failed logins.
+    LOGIN = "login"
+    #: The server is unreachable, starting or stopping, out of connection slots, or not
+    #: accepting connections to this database for now: try again, keep the credentials.
+    TRANSIENT = "transient"
+    #: The settings name something that does not exist (a database): trying again cannot
+    #: help, and the credentials are not at fault.
+    SETTINGS = "settings"
+
+
+def classify(error: BaseException) -> Failure:
+    """Why a connection attempt failed, from its SQLSTATE or, when libpq reports none, the
+    server's message.
+
+    Nothing here asks whether a password was sent: under password authentication every
+    refusal comes after the password was accepted or not, and most of them (a database
+    closed to connections, a full server, a per-role or per-database connection limit)
+    say nothing about it. libpq reports no SQLSTATE for a failed connection attempt (psycopg
+    3.3 gives ``sqlstate`` None and no diagnostics), so the server's message is matched;
+    these are its English texts (``lc_messages``). A message not recognised counts as
+    transient: retried within ``pool_timeout``, without dropping the credentials.
     """
     sqlstate = getattr(error, "sqlstate", None)
     if sqlstate:
-        return bool(sqlstate.startswith("28"))
+        return _by_sqlstate(sqlstate)
     pgconn = getattr(error, "pgconn", None)
-    if pgconn is None:
-        return True
-    try:
-        return bool(pgconn.used_password or pgconn.needs_password)
-    except Exception:
-        return True
+    with contextlib.suppress(Exception):
+        if pgconn is not None and pgconn.needs_password:
+            return Failure.LOGIN  # the server asked for a password and none was given
+    found = _SERVER_MESSAGE.findall(str(error))
+    if not found:
+        return Failure.TRANSIENT  # no answer from a server: network, TLS, timeout
+    message = found[-1]  # with several hosts, the last one tried
+    for pattern, failure in _MESSAGES:
+        if pattern.search(message):
+            return failure
+    return Failure.TRANSIENT
+
+
+def _by_sqlstate(sqlstate: str) -> Failure:
+    if sqlstate.startswith("28") or sqlstate == "42501":
+        return Failure.LOGIN  # invalid authorization; no CONNECT privilege on the database
+    if sqlstate == "3D000":
+        return Failure.SETTINGS  # the database does not exist
+    return Failure.TRANSIENT  # 57P03, 53300, 55000, 08xxx and anything unforeseen
+
+
+#: The message of a server's error in libpq's text ("... failed: FATAL:  message").
+_SERVER_MESSAGE = re.compile(r"\b(?:FATAL|ERROR|PANIC):  (.+)")
+
+#: The server's messages for failed connection attempts, with the SQLSTATE they carry.
+_MESSAGES: tuple[tuple[re.Pattern[str], Failure], ...] = tuple(
+    (re.compile(pattern), failure)
+    for pattern, failure in (
+        # 28P01 / 28000: "password authentication failed for user", and the same for
+        # md5, scram, peer, ident, ldap, radius, cert ...
+        (r"authentication failed for user", Failure.LOGIN),
+        (r"^no pg_hba\.conf entry for ", Failure.LOGIN),  # 28000
+        (r"^pg_hba\.conf rejects ", Failure.LOGIN),  # 28000
+        (r'^role ".*" does not exist', Failure.LOGIN),  # 28000
+        (r'^role ".*" is not permitted to log in', Failure.LOGIN),  # 28000
+        (r"^permission denied for database ", Failure.LOGIN),  # 42501
+        (r'^database ".*" does not exist', Failure.SETTINGS),  # 3D000
+        # 57P03: starting up, shutting down, in recovery, not (yet) accepting connections
+        (r"^the database system is ", Failure.TRANSIENT),
+        (r'^database ".*" is not currently accepting connections', Failure.TRANSIENT),  # 55000
+        # 53300: max_connections, reserved slots, CONNECTION LIMIT of a role or database
+        (r"^sorry, too many clients already", Failure.TRANSIENT),
+        (r"^remaining connection slots are reserved", Failure.TRANSIENT),
+        (r"^too many connections for (?:role|database) ", Failure.TRANSIENT),
+    )
+)
 
 
 def _describe(params: Mapping[str, Any]) -> str:

@@ -381,8 +381,9 @@ def _has_input(conn: Connection) -> bool:
 
 
 def _retryable(exc: Exception) -> bool:
-    """Connection failures worth retrying: the server is unreachable or restarting, not
-    refusing the login (retrying a wrong password only adds failed logins)."""
-    from .connection import login_refused
+    """Connection failures worth retrying: the server is unreachable, restarting or out of
+    connection slots, not refusing the login (retrying a wrong password only adds failed
+    logins) nor missing the database."""
+    from .connection import Failure, classify
 
-    return isinstance(exc, psycopg.OperationalError) and not login_refused(exc)
+    return isinstance(exc, psycopg.OperationalError) and classify(exc) is Failure.TRANSIENT
