@@ -497,6 +497,7 @@ async def ensure_tables(
             if attempt == 2:
                 raise
 
+
 async def _all_columns_exist(
     conn: AsyncConnection[tuple[Any, ...]], statements: Statements, parameters: list[Any]
 ) -> bool:
