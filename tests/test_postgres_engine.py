@@ -60,12 +60,6 @@ from tests.polling import await_for, payload_bytes, wait_for
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture
-def app() -> str:
-    """This test's application_name."""
-    return unique("ce_t")
-
-
 # 1. Connection budget ------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from ._postgresql import PostgreSQLOnly
 
 UPGRADE = (
     'ALTER TABLE "channels_engines_message" ADD COLUMN IF NOT EXISTS sender bigint NOT NULL DEFAULT 0, ADD COLUMN IF NOT EXISTS seq bigint NOT NULL DEFAULT 0',
-    'DO $$ BEGIN ALTER TABLE "channels_engines_message" ADD CONSTRAINT "message_channels_valid" CHECK (array_ndims(channels) = 1 AND array_position(channels, NULL) IS NULL) NOT VALID; EXCEPTION WHEN duplicate_object THEN NULL; END $$',
+    'DO $$ BEGIN ALTER TABLE "channels_engines_message" ADD CONSTRAINT "message_channels_valid" CHECK (array_ndims(channels) IS NOT DISTINCT FROM 1 AND array_position(channels, NULL) IS NULL) NOT VALID; EXCEPTION WHEN duplicate_object THEN NULL; END $$',
     'DO $$ BEGIN ALTER TABLE "channels_engines_message" ADD CONSTRAINT "message_expiry_finite" CHECK (isfinite(expires_at)) NOT VALID; EXCEPTION WHEN duplicate_object THEN NULL; END $$',
     'DO $$ BEGIN ALTER TABLE "channels_engines_message" ADD CONSTRAINT "message_payload_size" CHECK (octet_length(payload) <= 268435456) NOT VALID; EXCEPTION WHEN duplicate_object THEN NULL; END $$',
     'DO $$ BEGIN ALTER TABLE "channels_engines_group_member" ADD CONSTRAINT "group_member_capacity_positive" CHECK (capacity > 0) NOT VALID; EXCEPTION WHEN duplicate_object THEN NULL; END $$',

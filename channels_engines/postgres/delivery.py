@@ -164,7 +164,9 @@ class Delivery:
                 if full:
                     with inbox.lock:
                         inbox.backlog.add(queue)
-                again = own and limit == _CLAIM_BATCH and claimed == limit
+                # A full batch may have left more (for a shared queue: bad or duplicate
+                # rows may have taken the places of messages that receivers still wait for).
+                again = claimed == limit > 0 and (not own or limit == _CLAIM_BATCH)
                 if not inbox.finish_claim(queue, again=again):
                     return
         except BaseException:

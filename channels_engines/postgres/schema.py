@@ -146,7 +146,8 @@ class Tables:
             (
                 message,
                 "message_channels_valid",
-                "array_ndims(channels) = 1 AND array_position(channels, NULL) IS NULL",
+                "array_ndims(channels) IS NOT DISTINCT FROM 1"
+                " AND array_position(channels, NULL) IS NULL",
             ),
             (message, "message_expiry_finite", "isfinite(expires_at)"),
             (message, "message_payload_size", f"octet_length(payload) <= {MAX_PAYLOAD}"),
