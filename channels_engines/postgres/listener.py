@@ -98,6 +98,11 @@ class Listener:
         await asyncio.shield(self._ready)
 
     @property
+    def listening(self) -> frozenset[str]:
+        """The identifiers the current connection LISTENs on."""
+        return frozenset(self._listened)
+
+    @property
     def failed(self) -> bool:
         return self._ready.done() and self._ready.exception() is not None
 
@@ -117,6 +122,10 @@ class Listener:
         gone = set(identifiers) & self._wanted - {self._control}
         self._wanted -= gone
         self._unwanted |= gone & self._listened
+        if self._unwanted and self._connected and not self._poking:
+            self._poking = True
+            task = asyncio.get_running_loop().create_task(self._send_poke())
+            task.add_done_callback(_log_failure)
 
     def replace_connection(self) -> None:
         """Move to a new connection (new credentials), listening on it before the old

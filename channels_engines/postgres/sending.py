@@ -152,7 +152,9 @@ class Writer:
         self._busy = False
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
-        #: Batches whose answer was lost and that were sent again (for tests and stats).
+        #: Batches stored, and attempts repeated because an answer was lost (for tests
+        #: and stats).
+        self.batches = 0
         self.retries = 0
 
     async def send(
@@ -244,6 +246,7 @@ class Writer:
 
     async def _run(self, batch: Sequence[_Call]) -> list[Any]:
         """Store ``batch``: memberships first, then messages; a result or error per call."""
+        self.batches += 1
         results: dict[_Call, Any] = {}
         memberships = [call for call in batch if isinstance(call, _Membership)]
         messages = [call for call in batch if isinstance(call, _Message)]
