@@ -3,9 +3,9 @@
 A server that hangs, or a network path that silently stops forwarding, answers nothing and
 closes nothing: without a deadline the caller, and everything queued behind it on the same
 event loop, waits for TCP to give up, which takes minutes to hours. On a missed deadline
-the session is closed on our side at once. Cancelling the query instead would make psycopg
-ask the server to cancel it and wait for that answer too, which a hung server or a dead
-path never gives.
+the session's socket is shut down on our side at once. Cancelling the query instead would
+make psycopg ask the server to cancel it and wait for that answer too, which a hung server
+or a dead path never gives.
 
 A session closed this way may still be alive on the server, inside a transaction, holding
 row locks, or about to commit what it was sent. :func:`end_backend` asks the server to end
@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 import psycopg
@@ -28,6 +30,7 @@ __all__ = [
     "end_backend",
     "fetch",
     "outcome_unknown",
+    "transaction",
     "within",
 ]
 
@@ -52,26 +55,32 @@ class QueryTimeout(psycopg.OperationalError):
 async def within(conn: Connection, work: Awaitable[T], timeout: float, what: str) -> T:
     """Await ``work`` (a round trip on ``conn``) for at most ``timeout`` seconds.
 
-    On timeout, or when the caller is cancelled meanwhile, ``conn`` is closed at once and
-    ``work`` is cancelled; a timeout raises :class:`QueryTimeout`.
+    At the deadline the connection's socket is shut down, which ends whatever psycopg is
+    waiting for (an answer, or the cancellation it attempts when the caller is
+    cancelled) with an error at once; that error is raised as :class:`QueryTimeout`.
+    No task is created: this sits on every round trip.
     """
     pid = conn.info.backend_pid if not conn.closed else None
-    task = asyncio.ensure_future(work)
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        _shut_down(conn)
+
+    handle = asyncio.get_running_loop().call_later(timeout, expire)
     try:
-        done, _ = await asyncio.wait({task}, timeout=timeout)
+        return await work
+    except Exception as exc:
+        if expired:
+            raise QueryTimeout(
+                f"the server did not answer {what} within {timeout:g} s; the connection was "
+                "abandoned (CONFIG['query_timeout'])",
+                pid,
+            ) from exc
+        raise
     finally:
-        if not task.done():
-            _abandon(conn)
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-    if not done:
-        raise QueryTimeout(
-            f"the server did not answer {what} within {timeout:g} s; the connection was "
-            "abandoned (CONFIG['query_timeout'])",
-            pid,
-        )
-    return task.result()
+        handle.cancel()
 
 
 async def fetch(
@@ -86,16 +95,42 @@ async def fetch(
     return await within(conn, run(), timeout, what)
 
 
+@contextlib.asynccontextmanager
+async def transaction(conn: Connection, timeout: float, what: str) -> AsyncIterator[None]:
+    """BEGIN, then COMMIT if the block succeeds or ROLLBACK if it raises, each within
+    ``timeout`` (on an autocommit connection)."""
+    await within(conn, conn.execute("BEGIN"), timeout, what)
+    try:
+        yield
+    except BaseException:
+        if not conn.closed:
+            with contextlib.suppress(Exception):
+                await within(conn, conn.execute("ROLLBACK"), timeout, what)
+        raise
+    await within(conn, conn.execute("COMMIT"), timeout, what)
+
+
 async def answers_within(conn: Connection, timeout: float) -> bool:
     """Whether ``SELECT 1`` on ``conn`` answers within ``timeout`` seconds.
 
     When it does not, or the caller is cancelled meanwhile, the session is abandoned at
-    once. A failed query raises: the caller decides what it means.
+    once: a health check is often given up on (a checkout cancelled by its caller), and
+    must not make anyone wait for psycopg's cancellation of a query on a hung server.
+    A failed query raises: the caller decides what it means.
     """
+    probe = asyncio.ensure_future(conn.execute("SELECT 1"))
     try:
-        await within(conn, conn.execute("SELECT 1"), timeout, "a health check")
-    except QueryTimeout:
+        done, _ = await asyncio.wait({probe}, timeout=timeout)
+    finally:
+        if not probe.done():
+            _shut_down(conn)
+            conn.pgconn.finish()
+            probe.cancel()
+            with contextlib.suppress(BaseException):
+                await probe
+    if not done:
         return False
+    probe.result()
     return True
 
 
@@ -153,7 +188,14 @@ async def end_backend(conn: Connection, pid: int, timeout: float) -> bool:
         return False
 
 
-def _abandon(conn: Connection) -> None:
-    """Close ``conn`` without a goodbye: nothing more is read from or sent to it."""
-    if not conn.closed:
-        conn.pgconn.finish()
+def _shut_down(conn: Connection) -> None:
+    """End ``conn``'s socket in both directions, without closing its descriptor (psycopg
+    still owns it): a read that waits sees the end of the stream at once."""
+    if conn.closed:
+        return
+    try:
+        duplicate = socket.socket(fileno=os.dup(conn.pgconn.socket))
+    except (OSError, psycopg.OperationalError):
+        return
+    with duplicate, contextlib.suppress(OSError):
+        duplicate.shutdown(socket.SHUT_RDWR)

@@ -218,10 +218,12 @@ class Delivery:
         statement = self._statements.claim_own if own else self._statements.claim_shared
         parameters = {"queue": queue, "limit": limit, "idle_ms": self._idle_ms}
         try:
-            await within(conn, conn.execute("BEGIN"), timeout, "a claim")
-            rows = await fetch(conn, statement, parameters, timeout=timeout, what="a claim")
+            rows = await within(
+                conn, _begin_and_fetch(conn, statement, parameters), timeout, "a claim"
+            )
         except BaseException as exc:
             self._note_abandoned(exc, conn, pid)
+            await _roll_back(conn, timeout)
             raise
         if own:
             # Delivered before the commit: if it does not commit, the rows come back and
@@ -353,6 +355,25 @@ class Delivery:
                 queue,
                 problem,
             )
+
+
+async def _begin_and_fetch(
+    conn: Connection, statement: str, parameters: dict[str, Any]
+) -> list[tuple[Any, ...]]:
+    """BEGIN, then the claim. (Sending both in one simple query would save a round trip
+    but put the queue's name into the SQL text, where names never go.)"""
+    await conn.execute("BEGIN")
+    cursor = await conn.execute(statement, parameters)
+    return await cursor.fetchall()
+
+
+async def _roll_back(conn: Connection, timeout: float) -> None:
+    """End a claim's transaction that failed on a connection that still works."""
+    if conn.closed or conn.broken:
+        return
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        with contextlib.suppress(Exception):
+            await within(conn, conn.execute("ROLLBACK"), timeout, "ending a failed claim")
 
 
 def _ledger_sender(row: tuple[Any, ...]) -> int:

@@ -175,11 +175,11 @@ class PostgresEngine(BaseChannelEngine):
             )
 
     async def flush(self) -> None:
-        from .deadlines import fetch
+        from .deadlines import fetch, transaction
 
         statements = self.shared.statements
         timeout = self._options["query_timeout"]
-        async with self._connection() as conn, conn.transaction():
+        async with self._connection() as conn, transaction(conn, timeout, "flush()"):
             for statement in statements.flush:
                 await fetch(conn, statement, None, timeout=timeout, what="flush()")
             rows = await fetch(
@@ -281,6 +281,7 @@ class PostgresEngine(BaseChannelEngine):
             poke=self._notify,
             on_wake=self._on_wake,
             on_listening=self._on_listening,
+            on_connect=self._delivery.read_epoch,
             heartbeat=options["heartbeat_interval"],
             heartbeat_timeout=options["heartbeat_timeout"],
             query_timeout=options["query_timeout"],
@@ -332,16 +333,9 @@ class PostgresEngine(BaseChannelEngine):
     def _on_listening(self, identifiers: Iterable[str]) -> None:
         """Claim what arrived before (or while) these identifiers were LISTENed."""
         for identifier in identifiers:
-            if identifier == self._flush_identifier:
-                self._spawn(self._read_epoch())
-                continue
             queue = self._watched.get(identifier)
             if queue is not None:
                 self._spawn_soon(queue)
-
-    async def _read_epoch(self) -> None:
-        async with self._connection() as conn:
-            await self._delivery.read_epoch(conn)
 
     def _spawn_soon(self, queue: str) -> None:
         if self._closed or not self.shared.inbox.start_claim(queue):
@@ -373,7 +367,7 @@ class PostgresEngine(BaseChannelEngine):
         inbox = self.shared.inbox
         if self._listener is not None and not self._listener.failed:
             self._unwatch_idle()
-            self._on_listening([self._flush_identifier, *self._watched])
+            self._on_listening(list(self._watched))
         inbox.mailbox.expire()
         # A sender's retry arrives within its deadline and expires within ``expiry``.
         inbox.forget_senders(time.monotonic() - 2 * (self.config.expiry + self._deadline()))
@@ -467,6 +461,7 @@ class PostgresEngine(BaseChannelEngine):
                                 self.shared.statements,
                                 create=options["create_tables"],
                                 where=self.config.where,
+                                timeout=options["pool_timeout"],
                             )
                         self.shared.tables_ready = True
                 except BaseException:
@@ -517,9 +512,17 @@ class PostgresEngine(BaseChannelEngine):
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None and not self._closed:
-            exc = task.exception()
-            logger.warning("Background work of the postgres engine failed: %s", exc, exc_info=exc)
+        if task.cancelled() or self._closed:
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        # A lost connection is the listener's to report (once, with its recovery); the
+        # work is done again when it reconnects and by the next sweep.
+        from psycopg import OperationalError
+
+        level = logging.DEBUG if isinstance(exc, OperationalError) else logging.WARNING
+        logger.log(level, "Background work of the postgres engine failed: %s", exc, exc_info=exc)
 
     def _warn_dropped(self, message: str, *args: Any) -> None:
         now = time.monotonic()

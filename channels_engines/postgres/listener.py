@@ -55,6 +55,7 @@ class Listener:
         poke: Callable[[str, str], Awaitable[None]],
         on_wake: Callable[[Connection, set[str]], Awaitable[None]],
         on_listening: Callable[[Iterable[str]], None],
+        on_connect: Callable[[Connection], Awaitable[None]],
         heartbeat: float,
         heartbeat_timeout: float,
         query_timeout: float,
@@ -66,6 +67,7 @@ class Listener:
         self._poke = poke
         self._on_wake = on_wake
         self._on_listening = on_listening
+        self._on_connect = on_connect
         self._heartbeat = heartbeat
         self._heartbeat_timeout = heartbeat_timeout
         self._query_timeout = query_timeout
@@ -175,6 +177,8 @@ class Listener:
                         attempt,
                     )
                 failing_since, attempt = None, 0
+                # What changed while no notification could reach this connection.
+                await self._on_connect(self._conn)
                 self._on_listening(self._listened)
                 await self._serve()
             except asyncio.CancelledError:

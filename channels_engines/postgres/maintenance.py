@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from .deadlines import fetch
+from .deadlines import fetch, transaction
 from .schema import Statements
 from .sending import ConnectionContext
 
@@ -121,7 +121,7 @@ class Maintenance:
         statements = self._statements
         timeout = self._query_timeout
         limit = {"limit": CLEANUP_BATCH}
-        async with conn.transaction():
+        async with transaction(conn, timeout, "the expiry cleanup"):
             locked = await fetch(
                 conn,
                 statements.try_cleanup_lock,

@@ -456,21 +456,30 @@ class Statements:
 
 
 async def ensure_tables(
-    conn: AsyncConnection[tuple[Any, ...]], statements: Statements, *, create: bool, where: str
+    conn: AsyncConnection[tuple[Any, ...]],
+    statements: Statements,
+    *,
+    create: bool,
+    where: str,
+    timeout: float,
 ) -> None:
-    """Create the tables if they are missing (and allowed); refuse an older layout."""
+    """Create the tables if they are missing (and allowed); bring an older layout up to
+    date. Each statement gets ``timeout`` seconds (DDL may wait for table locks)."""
     from ..exceptions import InvalidConfigError
+    from .deadlines import fetch, transaction
 
     columns = statements.required_columns
     parameters = [len(columns), [t for t, _ in columns], [c for _, c in columns]]
-    if await _all_columns_exist(conn, statements, parameters):
+    if await _all_columns_exist(conn, statements, parameters, timeout):
         return
-    exists = await conn.execute(
+    rows = await fetch(
+        conn,
         "SELECT to_regclass(%s) IS NOT NULL OR to_regclass(%s) IS NOT NULL",
         list(statements.table_names),
+        timeout=timeout,
+        what="looking for the tables",
     )
-    row = await exists.fetchone()
-    first_use = not (row and row[0])
+    first_use = not (rows and rows[0][0])
     if not create:
         if first_use:
             raise InvalidConfigError(
@@ -482,15 +491,21 @@ async def ensure_tables(
         raise InvalidConfigError(_older_layout(statements, where))
     for attempt in range(3):
         try:
-            async with conn.transaction():
+            async with transaction(conn, timeout, "creating the tables"):
                 # Many processes may start at once: one creates (or upgrades) the tables,
                 # the others wait, then find them ready. Taking a table's lock for a
                 # no-op would only get in the way of processes already using it.
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", [statements.ddl_lock])
-                if await _all_columns_exist(conn, statements, parameters):
+                await fetch(
+                    conn,
+                    "SELECT pg_advisory_xact_lock(%s)",
+                    [statements.ddl_lock],
+                    timeout=timeout,
+                    what="the table creation lock",
+                )
+                if await _all_columns_exist(conn, statements, parameters, timeout):
                     return
                 for statement in statements.create:
-                    await conn.execute(statement)
+                    await fetch(conn, statement, None, timeout=timeout, what="creating the tables")
             return
         except psycopg.errors.DeadlockDetected:
             # An upgrade takes each table's lock in turn while processes of the earlier
@@ -500,11 +515,17 @@ async def ensure_tables(
 
 
 async def _all_columns_exist(
-    conn: AsyncConnection[tuple[Any, ...]], statements: Statements, parameters: list[Any]
+    conn: AsyncConnection[tuple[Any, ...]],
+    statements: Statements,
+    parameters: list[Any],
+    timeout: float,
 ) -> bool:
-    cursor = await conn.execute(statements.tables_ready, parameters)
-    row = await cursor.fetchone()
-    return bool(row and row[0])
+    from .deadlines import fetch
+
+    rows = await fetch(
+        conn, statements.tables_ready, parameters, timeout=timeout, what="checking the tables"
+    )
+    return bool(rows and rows[0][0])
 
 
 def _older_layout(statements: Statements, where: str) -> str:
