@@ -55,50 +55,27 @@ class Mailbox:
 
     # Producers --------------------------------------------------------------------
 
-    def put(
-        self,
-        channels: Sequence[str],
-        message: bytes,
-        expires_at: float,
-        *,
-        limit: int | None = None,
-    ) -> int:
-        """Buffer one message for ``channels`` (all with the same non-local part).
-
-        Wakes one receiver per channel and returns how many old messages were dropped:
-        with ``limit``, the oldest messages of a channel are dropped to keep at most
-        ``limit`` buffered.
-        """
+    def put(self, channels: Sequence[str], message: bytes, expires_at: float) -> None:
+        """Buffer one message for ``channels`` (all with the same non-local part), waking
+        one receiver per channel. Callers check capacity first (:meth:`count`)."""
         with self._lock:
-            return self._put(channels, message, expires_at, limit)
+            self._put(channels, message, expires_at)
 
-    def put_many(
-        self, items: Iterable[tuple[Sequence[str], bytes, float]], *, limit: int | None = None
-    ) -> int:
+    def put_many(self, items: Iterable[tuple[Sequence[str], bytes, float]]) -> None:
         """Buffer several ``(channels, message, expires_at)`` at once, in order."""
-        dropped = 0
         with self._lock:
             for channels, message, expires_at in items:
-                dropped += self._put(channels, message, expires_at, limit)
-        return dropped
+                self._put(channels, message, expires_at)
 
-    def _put(
-        self, channels: Sequence[str], message: bytes, expires_at: float, limit: int | None
-    ) -> int:
+    def _put(self, channels: Sequence[str], message: bytes, expires_at: float) -> None:
         unit = _Unit(non_local_name(channels[0]), len(channels))
         self._queued[unit.queue] += 1
-        dropped = 0
         for channel in channels:
             buffer = self._buffers.get(channel)
             if buffer is None:
                 buffer = self._buffers[channel] = deque()
             buffer.append((expires_at, message, unit))
-            if limit is not None:
-                while len(buffer) > limit:
-                    self._release(buffer.popleft()[2])
-                    dropped += 1
             self._wake_one(channel)
-        return dropped
 
     # Receivers --------------------------------------------------------------------
 
@@ -141,6 +118,14 @@ class Mailbox:
         """Channels that receivers are waiting on, with how many wait on each."""
         with self._lock:
             return {channel: len(waiters) for channel, waiters in self._waiters.items()}
+
+    def waiting_on(self, channel: str, loop: asyncio.AbstractEventLoop | None = None) -> int:
+        """Receivers waiting on ``channel`` (only those of ``loop``, when given)."""
+        with self._lock:
+            waiters = self._waiters.get(channel, ())
+            if loop is None:
+                return len(waiters)
+            return sum(1 for waiter in waiters if waiter.get_loop() is loop)
 
     def buffered(self, channel: str) -> int:
         with self._lock:

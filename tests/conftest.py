@@ -43,6 +43,12 @@ def prefix() -> Iterator[str]:
 
 
 @pytest.fixture
+def app() -> str:
+    """This test's application_name (so it can count its own server connections)."""
+    return unique("ce_t")
+
+
+@pytest.fixture
 def admin() -> Iterator[Admin]:
     """A superuser connection for looking at the server from outside the layer."""
     with Admin() as connection:

@@ -150,7 +150,7 @@ class Admin:
         ]
 
     def drop_tables(self, prefix: str, schema: str | None = None) -> None:
-        for table in ("message", "group_member"):
+        for table in ("message", "group_member", "claimed", "control"):
             name = (
                 sql.Identifier(schema, prefix + table) if schema else sql.Identifier(prefix + table)
             )

@@ -86,19 +86,10 @@ def test_a_message_put_on_several_channels_counts_once() -> None:
     assert mailbox.count("q!") == 0
 
 
-def test_limit_drops_the_oldest_messages() -> None:
+def test_put_many_keeps_order() -> None:
     mailbox = Mailbox()
-    dropped = [mailbox.put(["lim"], b"%d" % index, LATER, limit=3) for index in range(5)]
-    assert dropped == [0, 0, 0, 1, 1]
-    assert mailbox.count("lim") == 3
-    assert [mailbox.take_nowait("lim") for _ in range(4)] == [b"2", b"3", b"4", None]
-
-
-def test_put_many_keeps_order_and_reports_drops() -> None:
-    mailbox = Mailbox()
-    items = [(["many"], b"%d" % index, LATER) for index in range(4)]
-    assert mailbox.put_many(items, limit=2) == 2
-    assert [mailbox.take_nowait("many") for _ in range(3)] == [b"2", b"3", None]
+    mailbox.put_many([(["many"], b"%d" % index, LATER) for index in range(4)])
+    assert [mailbox.take_nowait("many") for _ in range(5)] == [b"0", b"1", b"2", b"3", None]
 
 
 def test_clear_drops_messages_but_keeps_receivers_waiting() -> None:

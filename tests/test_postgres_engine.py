@@ -33,8 +33,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from channels_engines import EngineChannelLayer
 from channels_engines.exceptions import InvalidConfigError
 from channels_engines.layer import MAX_EXPIRY, MAX_GROUP_EXPIRY
-from channels_engines.postgres import engine as engine_module
-from channels_engines.postgres.engine import PostgresEngine
+from channels_engines.postgres import maintenance as maintenance_module
 from channels_engines.postgres.listener import ListenerUnavailable
 from channels_engines.postgres.schema import Statements, Tables, listen_identifier
 from channels_engines.serialization import encode
@@ -61,12 +60,6 @@ from tests.pgtools import (
 from tests.polling import await_for, payload_bytes, wait_for
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def app() -> str:
-    """This test's application_name."""
-    return unique("ce_t")
 
 
 # 1. Connection budget ------------------------------------------------------------------
@@ -191,17 +184,8 @@ def test_each_event_loop_has_its_own_listener_and_pool_within_the_same_budget(
 
 
 def test_no_session_advisory_lock_is_held_while_sending_receiving_and_cleaning_up(
-    app: str, prefix: str, admin: Admin, monkeypatch: pytest.MonkeyPatch
+    app: str, prefix: str, admin: Admin
 ) -> None:
-    cleanups = Counter[int]()
-    original = PostgresEngine._cleanup
-
-    async def counted(self: PostgresEngine) -> None:
-        await original(self)
-        cleanups[id(self)] += 1
-
-    monkeypatch.setattr(PostgresEngine, "_cleanup", counted)
-
     async def scenario() -> None:
         layer = make_layer(
             app, prefix=prefix, expiry=0.3, cleanup_interval=0.05, sweep_interval=0.05
@@ -216,7 +200,8 @@ def test_no_session_advisory_lock_is_held_while_sending_receiving_and_cleaning_u
                 await layer.send(f"locks.unread-{n % 3}", {"type": "never read"})
                 assert (await layer.receive(channel))["n"] == n
                 assert (await layer.receive(channel))["n"] == n
-            await await_for(lambda: sum(cleanups.values()) >= 5, "five cleanup runs")
+            maintenance = engine_of(layer).maintenance
+            await await_for(lambda: maintenance.cleanups >= 5, "five cleanup runs")
             await await_for(
                 lambda: admin.table_count(prefix + "message") == 0, "expired rows deleted"
             )
@@ -480,15 +465,7 @@ def test_cleanup_is_batched_and_excluded_by_a_transaction_level_lock(
     prefix: str, admin: Admin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two layers (two processes' worth) clean up; a held cleanup lock stops both."""
-    monkeypatch.setattr(engine_module, "_CLEANUP_BATCH", 100)
-    runs = Counter[int]()
-    original = PostgresEngine._cleanup
-
-    async def counted(self: PostgresEngine) -> None:
-        await original(self)
-        runs[id(self)] += 1
-
-    monkeypatch.setattr(PostgresEngine, "_cleanup", counted)
+    monkeypatch.setattr(maintenance_module, "CLEANUP_BATCH", 100)
     options = {"cleanup_interval": 0.05, "sweep_interval": 0.05}
     statements = Statements(Tables(None, prefix, True))
     table = f'"{prefix}message"'
@@ -517,11 +494,11 @@ def test_cleanup_is_batched_and_excluded_by_a_transaction_level_lock(
                     " SELECT 'batch.q', ARRAY['batch.q'], now() - interval '1 s', '\\x00'"
                     " FROM generate_series(1, 1000)"
                 )
-                engines = [engine_of(layer) for layer in layers]
-                before = [runs[id(engine)] for engine in engines]
+                engines = [engine_of(layer).maintenance for layer in layers]
+                before = [engine.cleanups for engine in engines]
                 await await_for(
                     lambda: all(
-                        runs[id(engine)] >= start + 3
+                        engine.cleanups >= start + 3
                         for engine, start in zip(engines, before, strict=True)
                     ),
                     "three cleanup attempts by each layer",
@@ -610,6 +587,8 @@ def test_tables_are_created_at_first_use_and_creation_is_idempotent(
         await first.send("tables.kept", {"type": "kept"})
         await first.close()
         assert [name for _, name in admin.tables(prefix + "%")] == [
+            prefix + "claimed",
+            prefix + "control",
             prefix + "group_member",
             prefix + "message",
         ]
@@ -621,7 +600,7 @@ def test_tables_are_created_at_first_use_and_creation_is_idempotent(
         await second.close()
 
     run(scenario())
-    assert len(admin.tables(prefix + "%")) == 2
+    assert len(admin.tables(prefix + "%")) == 4
 
 
 def test_eight_processes_create_the_tables_at_the_same_instant(admin: Admin) -> None:
@@ -646,6 +625,8 @@ def test_eight_processes_create_the_tables_at_the_same_instant(admin: Admin) -> 
         assert results == [None] * 8
         assert codes == [0] * 8
         assert admin.tables(prefix + "%") == [
+            (schema, prefix + "claimed"),
+            (schema, prefix + "control"),
             (schema, prefix + "group_member"),
             (schema, prefix + "message"),
         ]
@@ -710,6 +691,8 @@ def test_the_schema_command_the_error_advises_creates_tables_a_layer_can_use(
     with dropped_afterwards(prefix, schema):
         admin.conn.execute(result.stdout.encode())
         assert admin.tables(prefix + "%") == [
+            (schema, prefix + "claimed"),
+            (schema, prefix + "control"),
             (schema, prefix + "group_member"),
             (schema, prefix + "message"),
         ]
@@ -737,6 +720,8 @@ def test_schema_and_table_prefix_options_place_the_tables(app: str, admin: Admin
             await layer.group_add("placed", "placed.channel")
             await layer.group_send("placed", {"type": "placed"})
             assert admin.tables(prefix + "%") == [
+                (schema, prefix + "claimed"),
+                (schema, prefix + "control"),
                 (schema, prefix + "group_member"),
                 (schema, prefix + "message"),
             ]

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.postgres
 
 DSN = os.environ["CHANNELS_ENGINES_TEST_DSN"]
 initial = importlib.import_module("channels_engines.migrations.0001_initial")
+second = importlib.import_module("channels_engines.migrations.0002_second_layout")
 
 
 def _tables_exist(prefix: str = "channels_engines_") -> bool:
@@ -35,10 +36,9 @@ def _tables_exist(prefix: str = "channels_engines_") -> bool:
 
 
 def test_migration_sql_is_what_the_engine_creates() -> None:
-    expected = [
-        s.as_string(None) for s in Tables(None, "channels_engines_", True).create_statements()
-    ]
-    assert expected == list(initial.CREATE)
+    tables = Tables(None, "channels_engines_", True)
+    assert [s.as_string(None) for s in tables.first_layout()] == list(initial.CREATE)
+    assert [s.as_string(None) for s in tables.second_layout()] == list(second.UPGRADE)
 
 
 def test_migrate_creates_and_unapplies_the_tables() -> None:
@@ -79,8 +79,9 @@ def test_schema_command_prints_ddl_and_grants() -> None:
     assert "UNLOGGED" not in result.stdout
     assert (
         'GRANT SELECT, INSERT, UPDATE, DELETE ON "layer"."chat_message", '
-        '"layer"."chat_group_member" TO "app";' in result.stdout
+        '"layer"."chat_group_member", "layer"."chat_claimed" TO "app";' in result.stdout
     )
+    assert 'GRANT SELECT, UPDATE ON "layer"."chat_control" TO "app";' in result.stdout
     assert 'GRANT USAGE ON SEQUENCE "layer"."chat_message_id_seq" TO "app";' in result.stdout
 
 
@@ -120,7 +121,10 @@ def test_runtime_role_with_only_the_documented_grants_runs_everything() -> None:
         asyncio.run(scenario())
     finally:
         with psycopg.connect(DSN, autocommit=True) as admin:
-            admin.execute(f'DROP TABLE IF EXISTS "{prefix}message", "{prefix}group_member"')
+            admin.execute(
+                f'DROP TABLE IF EXISTS "{prefix}message", "{prefix}group_member",'
+                f' "{prefix}claimed", "{prefix}control"'
+            )
             admin.execute(f'DROP OWNED BY "{role}"')
             admin.execute(f'DROP ROLE "{role}"')
 
@@ -188,13 +192,15 @@ def test_schema_command_refuses_what_config_refuses(option: str, key: str, value
     )
 
 
-def test_script_for_the_longest_prefix_creates_both_tables(tmp_path: Path, admin: Admin) -> None:
+def test_script_for_the_longest_prefix_creates_every_table(tmp_path: Path, admin: Admin) -> None:
     prefix = f"l{uuid.uuid4().hex[:8]}_" + "p" * 30
     assert len(prefix) == 40
     with dropped_afterwards(prefix):
         result = apply_with_psql(schema_script("--table-prefix", prefix), tmp_path)
         assert result.stderr == ""
         assert admin.tables(prefix + "%") == [
+            ("public", prefix + "claimed"),
+            ("public", prefix + "control"),
             ("public", prefix + "group_member"),
             ("public", prefix + "message"),
         ]
@@ -215,6 +221,8 @@ def test_script_is_applied_whole_or_not_at_all(tmp_path: Path, prefix: str, admi
     result = apply_with_psql(script, tmp_path)
     assert result.stderr == ""
     assert admin.tables(prefix + "%") == [
+        ("public", prefix + "claimed"),
+        ("public", prefix + "control"),
         ("public", prefix + "group_member"),
         ("public", prefix + "message"),
     ]

@@ -17,12 +17,13 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
 import psycopg
 
-from .connection import answers_within
+from .deadlines import answers_within, within
 
 __all__ = ["Listener", "ListenerUnavailable"]
 
@@ -54,8 +55,10 @@ class Listener:
         poke: Callable[[str, str], Awaitable[None]],
         on_wake: Callable[[Connection, set[str]], Awaitable[None]],
         on_listening: Callable[[Iterable[str]], None],
+        on_connect: Callable[[Connection], Awaitable[None]],
         heartbeat: float,
         heartbeat_timeout: float,
+        query_timeout: float,
         check_timeout: float,
         describe: str,
     ) -> None:
@@ -64,12 +67,15 @@ class Listener:
         self._poke = poke
         self._on_wake = on_wake
         self._on_listening = on_listening
+        self._on_connect = on_connect
         self._heartbeat = heartbeat
         self._heartbeat_timeout = heartbeat_timeout
+        self._query_timeout = query_timeout
         self._check_timeout = check_timeout
         self._describe = describe
         self._wanted: set[str] = {control}
         self._listened: set[str] = set()
+        self._unwanted: set[str] = set()
         self._connected = False
         self._poking = False
         self._swap = False
@@ -94,6 +100,11 @@ class Listener:
         await asyncio.shield(self._ready)
 
     @property
+    def listening(self) -> frozenset[str]:
+        """The identifiers the current connection LISTENs on."""
+        return frozenset(self._listened)
+
+    @property
     def failed(self) -> bool:
         return self._ready.done() and self._ready.exception() is not None
 
@@ -104,6 +115,16 @@ class Listener:
             return
         self._wanted |= new
         if self._connected and not self._poking:
+            self._poking = True
+            task = asyncio.get_running_loop().create_task(self._send_poke())
+            task.add_done_callback(_log_failure)
+
+    def unwatch(self, identifiers: Iterable[str]) -> None:
+        """Stop listening on ``identifiers`` (at the next wake-up or heartbeat)."""
+        gone = set(identifiers) & self._wanted - {self._control}
+        self._wanted -= gone
+        self._unwanted |= gone & self._listened
+        if self._unwanted and self._connected and not self._poking:
             self._poking = True
             task = asyncio.get_running_loop().create_task(self._send_poke())
             task.add_done_callback(_log_failure)
@@ -156,6 +177,8 @@ class Listener:
                         attempt,
                     )
                 failing_since, attempt = None, 0
+                # What changed while no notification could reach this connection.
+                await self._on_connect(self._conn)
                 self._on_listening(self._listened)
                 await self._serve()
             except asyncio.CancelledError:
@@ -192,14 +215,16 @@ class Listener:
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311
 
     async def _listen(self, identifiers: Iterable[str]) -> None:
-        assert self._conn is not None
+        conn = self._conn
+        assert conn is not None
         new = sorted(set(identifiers))
         if new:
             # Identifiers are fixed-format hashes ('ce_' + hex): safe as bare words.
-            await self._conn.execute("; ".join(f"LISTEN {name}" for name in new))
+            statement = "; ".join(f"LISTEN {name}" for name in new)
+            await within(conn, conn.execute(statement), self._query_timeout, "LISTEN")
         self._listened |= set(new)
         self._connected = True
-        self.backend_pid = self._conn.info.backend_pid
+        self.backend_pid = conn.info.backend_pid
 
     async def _check_delivery(self) -> None:
         """Prove notifications reach this connection, or explain why they cannot.
@@ -209,7 +234,9 @@ class Listener:
         """
         conn = self._conn
         assert conn is not None
-        await self._poke(self._control, "check")
+        # A random payload: a notification forged by another session cannot pass for it.
+        expected = f"check:{secrets.token_hex(8)}"
+        await self._poke(self._control, expected)
         deadline = time.monotonic() + self._check_timeout
         woken: set[str] = set()
         try:
@@ -225,7 +252,7 @@ class Listener:
                         "the primary server directly."
                     )
                 async for note in conn.notifies(timeout=remaining, stop_after=1):
-                    if note.channel == self._control and note.payload == "check":
+                    if note.channel == self._control and note.payload == expected:
                         return
                     woken.add(note.channel)
         finally:
@@ -244,6 +271,8 @@ class Listener:
             if pending:
                 await self._listen(pending)
                 self._on_listening(pending)
+            if self._unwanted:
+                await self._unlisten(conn)
             woken: set[str] = set()
             # stop_after=1 ends the wait after one packet of notifications, all of it
             # delivered: nothing is dropped by leaving the stream.
@@ -258,6 +287,14 @@ class Listener:
             # backend or a proxy that stopped forwarding). It also keeps an
             # idle_session_timeout from ending the session.
             await self._heartbeat_once(conn)
+
+    async def _unlisten(self, conn: Connection) -> None:
+        gone = sorted(self._unwanted & self._listened - self._wanted)
+        self._unwanted.clear()
+        if gone:
+            statement = "; ".join(f"UNLISTEN {name}" for name in gone)
+            await within(conn, conn.execute(statement), self._query_timeout, "UNLISTEN")
+            self._listened -= set(gone)
 
     async def _heartbeat_once(self, conn: Connection) -> None:
         if not await answers_within(conn, self._heartbeat_timeout):

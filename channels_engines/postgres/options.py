@@ -82,7 +82,17 @@ OPTIONS: Mapping[str, Option] = {
     "pool_timeout": Option(
         (float,),
         10.0,
-        "Seconds an operation waits for a pool connection before failing.",
+        "Seconds an operation may take in all, waiting for a pool connection and "
+        "retrying on a fresh one included, before it fails.",
+        above=0,
+        maximum=MAX_SECONDS,
+    ),
+    "query_timeout": Option(
+        (float,),
+        5.0,
+        "Seconds the server may take to answer one round trip (a send batch, a claim, a "
+        "membership change); past it the connection is abandoned and the work retried "
+        "on a fresh one or failed.",
         above=0,
         maximum=MAX_SECONDS,
     ),

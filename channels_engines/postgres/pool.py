@@ -30,7 +30,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 
-from .connection import answers_within
+from .deadlines import answers_within
 
 __all__ = ["ConnectionPool", "IdleHandoff", "PoolClosed", "PoolTimeout"]
 
@@ -166,8 +166,9 @@ class ConnectionPool:
         return self._size
 
     @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[Connection]:
-        entry = await self._acquire()
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[Connection]:
+        """A connection, waited for at most ``timeout`` seconds (default: the pool's)."""
+        entry = await self._acquire(self._timeout if timeout is None else timeout)
         try:
             yield entry.conn
         finally:
@@ -231,8 +232,8 @@ class ConnectionPool:
 
     # Internals ---------------------------------------------------------------------
 
-    async def _acquire(self) -> _Entry:
-        deadline = time.monotonic() + self._timeout
+    async def _acquire(self, timeout: float) -> _Entry:
+        deadline = time.monotonic() + timeout
         while True:
             if self._closed:
                 raise PoolClosed("the channel layer's connection pool is closed")
@@ -254,7 +255,7 @@ class ConnectionPool:
                 self.stats["timeouts"] += 1
                 raise PoolTimeout(
                     f"no connection to {self._describe} became free within "
-                    f"{self._timeout:g} s ({self._size} in use, {len(self._waiters)} waiting); "
+                    f"{timeout:g} s ({self._size} in use, {len(self._waiters)} waiting); "
                     "raise CONFIG['pool_max_size'] or CONFIG['pool_timeout']."
                 )
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
