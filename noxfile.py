@@ -1,4 +1,9 @@
-"""Development sessions: ``python3 -m nox`` runs lint, typecheck, docs, wheel and test, in order.
+"""Development sessions: lint, typecheck, docs, wheel and test, in order.
+
+``python3 noxfile.py [nox arguments]`` needs nothing but Python: it creates ``.nox-venv/``
+in the checkout (once), installs nox into it and runs nox from there, so it works where
+the system's Python refuses ``pip install`` (PEP 668). With nox installed, ``nox`` does
+the same.
 
 ``test`` runs on the interpreter nox itself runs on, so a bare ``nox`` works on any machine
 with one Python. ``tests`` is the supported matrix (Python x Django x Channels) for machines
@@ -11,25 +16,48 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
-import nox
-from nox.command import CommandFailed
+ROOT = Path(__file__).resolve().parent
+# The nox that `python3 noxfile.py` installs; the same version as nox.needs_version below.
+NOX_REQUIREMENT = "nox>=2025.2.9"
 
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "tools"))
+    import checkout_venv
+
+    if sys.version_info < (3, 10):  # noqa: UP036 - checked before anything is installed
+        sys.exit(f"The tests need Python 3.10 or later; this is {sys.version.split()[0]}.")
+    try:
+        python = checkout_venv.ensure(
+            ROOT / ".nox-venv",
+            [NOX_REQUIREMENT],
+            purpose="nox",
+            installing="Installing nox into it (once) ...",
+        )
+    except checkout_venv.VenvError as exc:
+        sys.exit(f"error: {exc}")
+    checkout_venv.exec_python(python, ["-m", "nox", "-f", str(ROOT / "noxfile.py"), *sys.argv[1:]])
+
+import nox  # noqa: E402 - after the bootstrap, which runs where nox is not installed
+from nox.command import CommandFailed  # noqa: E402
+
+# A literal: nox reads it from the file's syntax tree before running the file.
 nox.needs_version = ">=2025.2.9"
 # test last, so that pytest's summary closes the output.
 nox.options.sessions = ["lint", "typecheck", "docs", "wheel", "test"]
 nox.options.error_on_missing_interpreters = False
 
-ROOT = Path(__file__).parent
 LINT_PATHS = (
     "channels_engines",
     "tests",
     "examples",
     "benchmarks",
     "noxfile.py",
+    "tools",
     "docs/conf.py",
-    "docs/_ext",
+    "docs/generate.py",
 )
 
 PYTHONS = ("3.10", "3.11", "3.12", "3.13", "3.14")

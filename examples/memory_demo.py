@@ -1,8 +1,9 @@
 """Two Channels consumers talking through channels_engines' memory engine; no server needed.
 
-Run it from a checkout of the repository::
+Run it from a checkout of the repository, with a Python that has channels_engines
+installed: in a virtual environment after ``pip install -e .``, or the chat demo's::
 
-    python3 -m pip install -e . && python3 examples/memory_demo.py
+    .demo-venv/bin/python examples/memory_demo.py
 
 Django is configured in code, with the layer written the way a project's settings.py would
 write it. Each consumer runs as an ASGI application driven by asgiref's communicator,

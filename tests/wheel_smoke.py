@@ -33,12 +33,19 @@ def check_archives(sdist: Path, wheel: Path) -> None:
         "channels_engines/postgres/__main__.py",
     ):
         assert required in names, f"{wheel.name} lacks {required}"
-    assert not any(name.startswith(("tests/", "examples/")) for name in names), (
-        f"{wheel.name} ships tests or examples"
+    assert not any(name.startswith(("tests/", "examples/", "tools/")) for name in names), (
+        f"{wheel.name} ships tests, examples or tools"
     )
     with tarfile.open(sdist) as archive:
         members = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
-    for required in ("pyproject.toml", "README.md", "LICENSE", "examples/chat/demo.py"):
+    for required in (
+        "pyproject.toml",
+        "README.md",
+        "LICENSE",
+        "noxfile.py",
+        "examples/chat/demo.py",
+        "tools/checkout_venv.py",
+    ):
         assert required in members, f"{sdist.name} lacks {required}"
 
 

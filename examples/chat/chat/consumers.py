@@ -39,7 +39,12 @@ class RoomConsumer(AsyncWebsocketConsumer):
             return
         if not isinstance(data, dict):
             return
-        event = chat_event(name=data.get("name", ""), text=data.get("text", ""), via="websocket")
+        event = chat_event(
+            name=data.get("name", ""),
+            text=data.get("text", ""),
+            via="websocket",
+            worker=worker_label(),
+        )
         if event["text"] and self.group is not None:
             await self.channel_layer.group_send(self.group, event)
 

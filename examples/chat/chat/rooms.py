@@ -48,18 +48,22 @@ def clean(text: Any, limit: int) -> str:
     return text[:limit]
 
 
-def chat_event(*, name: str, text: str, via: str) -> dict[str, Any]:
-    """The group message every member's consumer turns into one line in the page."""
+def chat_event(*, name: str, text: str, via: str, worker: str | None) -> dict[str, Any]:
+    """The group message every member's consumer turns into one line in the page.
+
+    ``worker`` is the server process that sent it (``worker_label()``), or None when it
+    comes from outside any server, such as a management command.
+    """
     return {
         "type": "chat.message",
         "name": clean(name, MAX_NAME) or "anonymous",
         "text": clean(text, MAX_TEXT),
         "via": via,
-        "worker": worker_label(),
+        "worker": worker,
     }
 
 
-def announce(room: str, text: str, *, name: str, via: str) -> None:
+def announce(room: str, text: str, *, name: str, via: str, worker: str | None) -> None:
     """Broadcast into a room from synchronous code (a view, a command, a task queue)."""
-    event = chat_event(name=name, text=text, via=via)
+    event = chat_event(name=name, text=text, via=via, worker=worker)
     async_to_sync(get_channel_layer().group_send)(group_for(room), event)

@@ -38,5 +38,6 @@ def announce(request: HttpRequest, room: str) -> JsonResponse:
     if not text:
         return JsonResponse({"error": "text is empty"}, status=400)
     name = request.POST.get("name", "") or "announcement"
-    rooms.announce(room, text, name=name, via="view")
-    return JsonResponse({"sent": True, "worker": rooms.worker_label()})
+    worker = rooms.worker_label()
+    rooms.announce(room, text, name=name, via="view", worker=worker)
+    return JsonResponse({"sent": True, "worker": worker})

@@ -23,5 +23,6 @@ class Command(BaseCommand):
         if not rooms.clean(text, rooms.MAX_TEXT):
             raise CommandError("the message is empty")
         # A new event loop for this one call; the layer closes its connections with it.
-        rooms.announce(room, text, name=name, via="command")
+        # This process is no server worker: the page says "via command" and nothing more.
+        rooms.announce(room, text, name=name, via="command", worker=None)
         self.stdout.write(f"Sent to room {room!r}.")
