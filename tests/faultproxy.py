@@ -46,9 +46,10 @@ _HIGH_WATER = 256 * 1024
 
 @dataclass
 class Trigger:
-    """Fires once, on the first link that forwards a client packet containing ``pattern``."""
+    """Fires once, on the first link that forwards a client packet containing one of
+    ``patterns``."""
 
-    pattern: bytes
+    patterns: tuple[bytes, ...]
     action: Literal["blackhole", "reset"]
     direction: Direction
     fired: threading.Event = field(default_factory=threading.Event)
@@ -120,7 +121,7 @@ class Link:
         self._proxy.bytes_up += len(data)
         seen = self._tail + data
         for trigger in list(self._proxy._triggers):
-            if trigger.pattern in seen:
+            if any(pattern in seen for pattern in trigger.patterns):
                 self._proxy._triggers.remove(trigger)
                 trigger.link = self
                 if trigger.action == "reset":
@@ -128,7 +129,9 @@ class Link:
                 else:
                     self._set_holes(_directions(trigger.direction), True)
                 trigger.fired.set()
-        longest = max((len(t.pattern) for t in self._proxy._triggers), default=1)
+        longest = max(
+            (len(pattern) for t in self._proxy._triggers for pattern in t.patterns), default=1
+        )
         self._tail = seen[-(longest - 1) :] if longest > 1 else b""
 
     def _from_server(self, data: bytes) -> None:
@@ -282,15 +285,15 @@ class FaultProxy:
 
     def after_client_sends(
         self,
-        pattern: bytes,
+        *patterns: bytes,
         action: Literal["blackhole", "reset"] = "blackhole",
         direction: Direction = "both",
     ) -> Trigger:
-        """Right after a link forwards client bytes containing ``pattern``, black-hole it
-        (in ``direction``) or reset it. Fires once."""
-        if not pattern:
-            raise ValueError("pattern must not be empty")
-        trigger = Trigger(pattern, action, direction)
+        """Right after a link forwards client bytes containing one of ``patterns``,
+        black-hole it (in ``direction``) or reset it. Fires once."""
+        if not patterns or not all(patterns):
+            raise ValueError("give at least one pattern, none of them empty")
+        trigger = Trigger(patterns, action, direction)
         self._call(self._triggers.append, trigger)
         return trigger
 
