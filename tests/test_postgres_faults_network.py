@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import random
 import signal
 import time
 from collections import defaultdict
@@ -219,7 +220,7 @@ class History:
 
     def report(self, note: str = "") -> str:
         counts = ", ".join(f"{name} {value}" for name, value in self.counts().items())
-        details = [*self.raised[:3], *self.overran[:3], *self.receive_errors[:3]]
+        details = [*self.raised[:3], *self.overran[:10], *self.receive_errors[:3]]
         return "; ".join([counts, *([note] if note else []), *details])
 
     async def delivered(self, admin: Admin | None = None, table: str = "") -> None:
@@ -517,7 +518,8 @@ def test_the_listener_and_the_pool_silent_together_are_replaced_and_nothing_is_l
             history.send_all(receiver, ["both.normal"], range(1, 11)),  # on the silent pool
         )
         await detected
-        await history.delivered()
+        with net.admin() as admin:
+            await history.delivered(admin, net.table)
         history.check()
 
     net.run(scenario)
@@ -746,3 +748,65 @@ def test_a_receiver_killed_with_sigkill_leaves_no_messages_or_memberships_behind
             assert history.counts()["raised"] == 0
 
         net.run(scenario)
+
+
+# Soak ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_soak_a_minute_of_traffic_through_a_network_fault_every_two_seconds(net: Net) -> None:
+    """Steady traffic to normal and process-specific channels while, every two seconds,
+    a fault chosen at random (seeded; the seed is in the failure message) hits the pool
+    or the listener: resets, black holes, and both right after a claim or a send."""
+    duration, rate = 60.0, 200  # messages per second in total
+    seed = int.from_bytes(os.urandom(4), "big")
+    rng = random.Random(seed)  # a fault schedule
+
+    async def scenario(history: History) -> None:
+        receiver = net.layer(pool=True, listen=True, capacity=10_000)
+        sender = net.layer(pool=True, capacity=10_000)
+        channels = [f"soak.normal-{index}" for index in range(5)]
+        channels += [await receiver.new_channel() for _ in range(5)]
+        history.receive(receiver, channels)
+        faults: list[str] = []
+        stop = asyncio.Event()
+
+        async def steady(channel: str) -> None:
+            for n in itertools.count():
+                if stop.is_set():
+                    return
+                await history.send(sender, channel, n, mark=f"soak-{channel}-{n}")
+                await asyncio.sleep(len(channels) / rate)  # a steady load, not a sync
+
+        def fault() -> str:
+            choice = rng.choice(["reset", "blackhole", "after claim", "after send"])
+            if choice == "after send":  # sends go through the pool only
+                channel = rng.choice(channels)
+                upcoming = len(history.acknowledged[channel]) + 5
+                net.pool.after_client_sends(*marked(f"soak-{channel}-{upcoming}"))
+                return f"{choice} (pool)"
+            where = rng.choice(["pool", "listener"])
+            proxy = net.pool if where == "pool" else net.listen
+            links = proxy.links
+            if choice == "after claim":
+                arm_claim_trigger(proxy, rng.choice(channels))
+            elif links and choice == "reset":
+                rng.choice(links).reset()
+            elif links:
+                rng.choice(links).blackhole()
+            return f"{choice} ({where})"
+
+        senders = [asyncio.ensure_future(steady(channel)) for channel in channels]
+        deadline = time.monotonic() + duration
+        while time.monotonic() < deadline:
+            await asyncio.sleep(2.0)  # the fault schedule
+            faults.append(fault())
+        stop.set()
+        await asyncio.gather(*senders)
+        try:
+            await history.delivered()
+            history.check()
+        except AssertionError as exc:
+            raise AssertionError(f"seed {seed}, faults {faults}: {exc}") from None
+
+    net.run(scenario)
