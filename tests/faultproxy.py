@@ -317,8 +317,9 @@ class FaultProxy:
     async def _set_refusal(self, how: Refusal | None) -> None:
         previous, self._refusal = self._refusal, how
         if how == "closed-port" and self._server is not None:
+            # Closes the listening socket at once; open links go on (wait_closed() would
+            # wait for them on Python 3.12 and later).
             self._server.close()
-            await self._server.wait_closed()
             self._server = None
         if previous == "closed-port" and how != "closed-port":
             await self._listen()
@@ -339,11 +340,17 @@ class FaultProxy:
     async def _shutdown(self) -> None:
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
         for link in list(self._links):
-            link._close()
+            # Not a graceful close: a black-holed side would wait forever to flush.
+            for transport in (link.client, link.server):
+                if transport is not None:
+                    transport.abort()
+            link._closed()
         for transport in self._hung:
             transport.abort()
+        if self._server is not None:
+            # On Python 3.12 and later this also waits for the aborted links to go.
+            await self._server.wait_closed()
 
     # Calling into the loop -----------------------------------------------------------
 

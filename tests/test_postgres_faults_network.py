@@ -804,7 +804,8 @@ def test_soak_a_minute_of_traffic_through_a_network_fault_every_two_seconds(net:
         stop.set()
         await asyncio.gather(*senders)
         try:
-            await history.delivered()
+            with net.admin() as admin:
+                await history.delivered(admin, net.table)
             history.check()
         except AssertionError as exc:
             raise AssertionError(f"seed {seed}, faults {faults}: {exc}") from None
