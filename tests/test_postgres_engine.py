@@ -476,23 +476,26 @@ def test_cleanup_is_batched_and_excluded_by_a_transaction_level_lock(
             await layer.send("batch.warmup", {"type": "start"})
             await layer.receive("batch.warmup")
         # Every DELETE on the message table is recorded with its transaction and row count.
-        admin.conn.execute(
+        # Statements that wait for a lock run off the event loop: the layers' cleanup
+        # transactions, which hold the locks they wait for, run on it and must go on.
+        await asyncio.to_thread(
+            admin.conn.execute,
             f'CREATE TABLE "{prefix}deletes" (xid bigint, deleted bigint);'
             f'CREATE FUNCTION "{prefix}log_delete"() RETURNS trigger LANGUAGE plpgsql AS $$'
             f' BEGIN INSERT INTO "{prefix}deletes" SELECT txid_current(), count(*) FROM old;'
             f" RETURN NULL; END $$;"
             f'CREATE TRIGGER "{prefix}deletes" AFTER DELETE ON {table}'
             f" REFERENCING OLD TABLE AS old FOR EACH STATEMENT"
-            f' EXECUTE FUNCTION "{prefix}log_delete"()'
+            f' EXECUTE FUNCTION "{prefix}log_delete"()',
         )
-        locker = psycopg.connect(TEST_DSN, autocommit=True)
-        try:
-            with locker.transaction():
-                locker.execute("SELECT pg_advisory_xact_lock(%s)", [statements.cleanup_lock])
-                admin.conn.execute(
+        async with await psycopg.AsyncConnection.connect(TEST_DSN, autocommit=True) as locker:
+            async with locker.transaction():
+                await locker.execute("SELECT pg_advisory_xact_lock(%s)", [statements.cleanup_lock])
+                await asyncio.to_thread(
+                    admin.conn.execute,
                     f"INSERT INTO {table} (queue, channels, expires_at, payload)"
                     " SELECT 'batch.q', ARRAY['batch.q'], now() - interval '1 s', '\\x00'"
-                    " FROM generate_series(1, 1000)"
+                    " FROM generate_series(1, 1000)",
                 )
                 engines = [engine_of(layer).maintenance for layer in layers]
                 before = [engine.cleanups for engine in engines]
@@ -508,8 +511,6 @@ def test_cleanup_is_batched_and_excluded_by_a_transaction_level_lock(
             await await_for(
                 lambda: admin.table_count(prefix + "message") == 0, "the batches deleted"
             )
-        finally:
-            locker.close()
         deletes = admin.rows(f'SELECT xid, deleted FROM "{prefix}deletes" WHERE deleted > 0')
         assert sum(deleted for _, deleted in deletes) == 1000
         assert max(deleted for _, deleted in deletes) <= 100
