@@ -995,7 +995,7 @@ def test_the_handoff_keeps_at_most_its_limit_and_only_gives_back_the_same_login(
 
     async def open_three() -> list[Any]:
         pool = ConnectionPool(
-            lambda: psycopg.AsyncConnection.connect(TEST_DSN, autocommit=True),
+            lambda timeout: psycopg.AsyncConnection.connect(TEST_DSN, autocommit=True),
             min_size=0,
             max_size=3,
             timeout=10.0,
@@ -1016,7 +1016,7 @@ def test_the_handoff_keeps_at_most_its_limit_and_only_gives_back_the_same_login(
 
     async def take_one() -> int | None:
         pool = ConnectionPool(
-            lambda: psycopg.AsyncConnection.connect(TEST_DSN, autocommit=True),
+            lambda timeout: psycopg.AsyncConnection.connect(TEST_DSN, autocommit=True),
             min_size=0,
             max_size=1,
             timeout=10.0,

@@ -486,7 +486,7 @@ def test_a_checkout_cancelled_during_the_health_check_closes_its_connection(
 
     async def scenario() -> None:
         pool = ConnectionPool(
-            lambda: psycopg.AsyncConnection.connect(dsn, autocommit=True),
+            lambda timeout: psycopg.AsyncConnection.connect(dsn, autocommit=True),
             min_size=0,
             max_size=2,
             timeout=30.0,

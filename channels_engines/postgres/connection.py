@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -151,12 +152,13 @@ class ConnectionSettings:
         params.setdefault("fallback_application_name", _APPLICATION_NAME)
         return params
 
-    async def connect(self, purpose: str = "pool") -> Connection:
-        """Open an autocommit connection; if the login is refused, retry once with
-        credentials fetched afresh (a password or token may just have rotated)."""
+    async def connect(self, purpose: str = "pool", timeout: float | None = None) -> Connection:
+        """Open an autocommit connection within about ``timeout`` seconds; if the login
+        is refused, retry once with credentials fetched afresh (a password or token may
+        just have rotated)."""
         params, used = await self.params(purpose)
         try:
-            return await _connect(params, purpose)
+            return await _connect(params, purpose, timeout)
         except psycopg.OperationalError as exc:
             if used is None or self.credentials is None or classify(exc) is not Failure.LOGIN:
                 raise
@@ -164,7 +166,7 @@ class ConnectionSettings:
             # way the second attempt uses what the cache holds now.
             self.credentials.invalidate(used)
         params, _ = await self.params(purpose)
-        return await _connect(params, purpose)
+        return await _connect(params, purpose, timeout)
 
     async def probe(self, credentials: Credentials) -> None:
         """Prove ``credentials`` can log in and query, before switching to them."""
@@ -204,9 +206,21 @@ _KEEPALIVES = {
 }
 
 
-async def _connect(params: dict[str, Any], purpose: str) -> Connection:
+# Seconds a connection attempt may take when neither the settings nor the caller say.
+_CONNECT_TIMEOUT = 10
+
+
+async def _connect(
+    params: dict[str, Any], purpose: str, timeout: float | None = None
+) -> Connection:
     options = {**_KEEPALIVES, **params}
-    options.setdefault("connect_timeout", 10)
+    # A frozen server or a silent network accepts nothing and refuses nothing: bound the
+    # attempt by the settings and by the time the caller has left (libpq counts whole
+    # seconds, at least 2).
+    limit = int(options.get("connect_timeout") or _CONNECT_TIMEOUT)
+    if timeout is not None:
+        limit = min(limit, max(2, math.ceil(timeout)))
+    options["connect_timeout"] = limit
     if purpose == "listen":
         options.pop("prepare_threshold", None)
     try:

@@ -295,7 +295,9 @@ class PostgresEngine(BaseChannelEngine):
     async def _connect_listener(self) -> AsyncConnection[tuple[Any, ...]]:
         from .deadlines import within
 
-        conn = await self.shared.connection.connect("listen")
+        conn = await self.shared.connection.connect(
+            "listen", max(self._options["query_timeout"], self._options["heartbeat_timeout"])
+        )
         try:
             await within(
                 conn,
@@ -489,8 +491,8 @@ class PostgresEngine(BaseChannelEngine):
         cache = self.shared.connection.credentials
         return None if cache is None else cache.current
 
-    async def _connect_pooled(self) -> AsyncConnection[tuple[Any, ...]]:
-        return await self.shared.connection.connect("pool")
+    async def _connect_pooled(self, timeout: float) -> AsyncConnection[tuple[Any, ...]]:
+        return await self.shared.connection.connect("pool", timeout)
 
     # Helpers -----------------------------------------------------------------------
 

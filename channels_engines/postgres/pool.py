@@ -37,7 +37,8 @@ __all__ = ["ConnectionPool", "IdleHandoff", "PoolClosed", "PoolTimeout"]
 logger = logging.getLogger("channels_engines.postgres")
 
 Connection = AsyncConnection[tuple[Any, ...]]
-Connect = Callable[[], Awaitable[Connection]]
+#: Opens a connection, given the seconds the caller has left.
+Connect = Callable[[float], Awaitable[Connection]]
 
 
 class PoolTimeout(psycopg.OperationalError):
@@ -320,7 +321,7 @@ class ConnectionPool:
         delay = 0.05
         while True:
             try:
-                conn = await self._connect()
+                conn = await self._connect(max(deadline - time.monotonic(), 0.0))
             except Exception as exc:
                 self.stats["connection_errors"] += 1
                 remaining = deadline - time.monotonic()
