@@ -157,19 +157,28 @@ async def end_backend(conn: Connection, pid: int, timeout: float) -> bool:
     """
 
     async def terminate() -> bool:
+        # Only a session of this layer's own application_name: behind a pooler the
+        # process id a client is told may not be the server's.
         if conn.info.server_version >= 140000:
             cursor = await conn.execute(
-                "SELECT pg_terminate_backend(%s, %s)"
-                " OR NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s)",
-                [pid, max(1, int(timeout * 1000)), pid],
+                "SELECT coalesce(bool_or(pg_terminate_backend(pid, %s)), true)"
+                " FROM pg_stat_activity"
+                " WHERE pid = %s AND application_name = current_setting('application_name')",
+                [max(1, int(timeout * 1000)), pid],
             )
             row = await cursor.fetchone()
             return bool(row and row[0])
         # PostgreSQL 13 cannot wait for the session to end: ask, then watch it go.
-        await conn.execute("SELECT pg_terminate_backend(%s)", [pid])
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE pid = %s AND application_name = current_setting('application_name')",
+            [pid],
+        )
         while True:
             cursor = await conn.execute(
-                "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s)", [pid]
+                "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s"
+                " AND application_name = current_setting('application_name'))",
+                [pid],
             )
             row = await cursor.fetchone()
             if row and row[0]:
