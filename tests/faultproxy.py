@@ -75,6 +75,9 @@ class Link:
         self._holes: set[str] = set()  # directions black-holed: "up", "down"
         self._full: set[str] = set()  # directions paused because the writer is full
         self._tail = b""  # the end of the last client packet, for patterns across packets
+        # What the client sent before the target was connected. Reading is paused until
+        # then, but some Pythons (Debian 12's 3.11.2) ignore a pause made in connection_made.
+        self._early = b""
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("blackholed " + "+".join(sorted(self._holes)))
@@ -115,7 +118,9 @@ class Link:
                 source.resume_reading()
 
     def _from_client(self, data: bytes) -> None:
-        assert self.server is not None
+        if self.server is None:
+            self._early += data
+            return
         self.server.write(data)
         self.bytes_up += len(data)
         self._proxy.bytes_up += len(data)
@@ -391,6 +396,9 @@ class _Client(_Side):
             assert link.server is not None
             link.server.close()
             return
+        early, link._early = link._early, b""
+        if early:
+            link._from_client(early)
         link._apply()
 
 

@@ -922,13 +922,13 @@ def test_a_login_refused_after_a_concurrent_swap_is_retried_with_the_new_credent
     held = asyncio.Event()
     calls = 0
 
-    async def gated(params: dict[str, Any], purpose: str) -> Any:
+    async def gated(params: dict[str, Any], purpose: str, timeout: float | None = None) -> Any:
         nonlocal calls
         calls += 1
         if calls == 1:  # the first attempt (connect B) is slow to reach the server
             held.set()
             await gate.wait()
-        return await real_connect(params, purpose)
+        return await real_connect(params, purpose, timeout)
 
     monkeypatch.setattr(connection_module, "_connect", gated)
 
