@@ -30,6 +30,11 @@ class EngineConfig:
 
     Times are in seconds. ``group_expiry`` is None when memberships never expire.
     ``options`` holds the engine's own CONFIG keys, validated, with defaults filled in.
+    ``max_message_size`` is the largest message the engine is given: the layer's
+    ``max_message_size`` plus :data:`~channels_engines.sealing.SEAL_OVERHEAD` when the
+    layer encrypts. Assigning ``expiry``, ``capacity``, ``group_expiry`` or
+    ``channel_capacity`` on the layer replaces the engine's ``config`` with a new one, so
+    an engine reads these from ``self.config`` when it uses them.
     """
 
     alias: str | None
@@ -75,6 +80,12 @@ class BaseChannelEngine:
     requires: ClassVar[tuple[Requirement, ...]] = ()
     #: The engine's own CONFIG keys (see :class:`channels_engines.Option`).
     options: ClassVar[Mapping[str, Option]] = {}
+    #: Whether messages leave the process (a server, a database): if so the layer
+    #: encrypts them by default (CONFIG ``encryption_keys``).
+    messages_leave_process: ClassVar[bool] = True
+    #: 32-byte keys for authenticating what the engine sends beside messages, first current;
+    #: derived from the layer's encryption keys, empty when encryption is off.
+    message_keys: tuple[bytes, ...] = ()
 
     def __init__(self, config: EngineConfig, shared: Any, *, client_id: str) -> None:
         #: Settings of the layer, validated.

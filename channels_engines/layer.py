@@ -8,6 +8,7 @@ running event loop, closed just before that loop closes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fnmatch
 import logging
 import os
@@ -16,7 +17,7 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from channels.exceptions import ChannelFull, MessageTooLarge
@@ -25,7 +26,7 @@ from channels.layers import BaseChannelLayer
 from .engine import BaseChannelEngine, EngineConfig
 from .engines import engines
 from .events import Events
-from .exceptions import EngineUnavailableError, InvalidEngineError
+from .exceptions import EngineUnavailableError, InvalidConfigError, InvalidEngineError
 from .loops import call_before_close, cancel_before_close
 from .options import (
     CAPACITY_PATTERNS,
@@ -34,7 +35,8 @@ from .options import (
     check_capacity_patterns,
     validate_options,
 )
-from .redaction import HiddenSettings
+from .redaction import HiddenSettings, Secret
+from .sealing import MIN_KEY_LENGTH, SEAL_OVERHEAD, Sealer, Unopenable
 from .serialization import UndecodableMessage, decode, encode
 from .settings import LAYER_BACKEND
 from .validation import (
@@ -48,12 +50,13 @@ __all__ = [
     "MAX_EXPIRY",
     "MAX_GROUP_EXPIRY",
     "MAX_MESSAGE_SIZE",
+    "SEAL_OVERHEAD",
     "EngineChannelLayer",
 ]
 
 logger = logging.getLogger("channels_engines")
 
-# Seconds between two warnings about undecodable messages of one layer.
+# Seconds between two warnings about undecodable (or unopenable) messages of one layer.
 _UNDECODABLE_WARNING_INTERVAL = 60.0
 
 
@@ -66,9 +69,35 @@ MAX_EXPIRY = 86400
 #: microseconds exactly (about 285 years).
 MAX_GROUP_EXPIRY = 10 * 365 * 86400
 
-#: The largest ``max_message_size``: 256 MiB, well within PostgreSQL's 1 GB for one value,
-#: with room for the copies a message passes through on its way there.
-MAX_MESSAGE_SIZE = 256 * 1024 * 1024
+#: The largest ``max_message_size``: 256 MiB less :data:`SEAL_OVERHEAD`, so that a sealed
+#: message still fits in 256 MiB, well within PostgreSQL's 1 GB for one value, with room
+#: for the copies a message passes through on its way there.
+MAX_MESSAGE_SIZE = 256 * 1024 * 1024 - SEAL_OVERHEAD
+
+# What ``encryption_keys`` may be, in words, but None (the option adds it).
+_KEYS_ALLOWED = (
+    f"a non-empty list of strings of at least {MIN_KEY_LENGTH} characters (the first "
+    "encrypts), False (no encryption)"
+)
+#: What ``encryption_keys`` may be, in words.
+ENCRYPTION_KEYS = f"{_KEYS_ALLOWED} or None"
+
+
+def check_encryption_keys(value: Any) -> str | None:
+    """Refuse True, an empty list, and keys that are not strings or are short."""
+    if value is True:
+        return ENCRYPTION_KEYS
+    if value is False:
+        return None
+    if not value:
+        return f"{ENCRYPTION_KEYS}; the list is empty"
+    for index, key in enumerate(value):
+        if not isinstance(key, str):
+            return f"{ENCRYPTION_KEYS}; item {index} is a {type(key).__name__}"
+        if len(key) < MIN_KEY_LENGTH:
+            return f"{ENCRYPTION_KEYS}; item {index} is shorter than {MIN_KEY_LENGTH} characters"
+    return None
+
 
 #: CONFIG keys the layer handles for every engine.
 LAYER_OPTIONS: Mapping[str, Option] = {
@@ -109,6 +138,18 @@ LAYER_OPTIONS: Mapping[str, Option] = {
         "Largest encoded message in bytes; larger ones raise MessageTooLarge.",
         minimum=1024,
         maximum=MAX_MESSAGE_SIZE,
+    ),
+    "encryption_keys": Option(
+        (list, tuple, bool),
+        None,
+        "Keys that encrypt message bodies: None derives them from SECRET_KEY and "
+        "SECRET_KEY_FALLBACKS for engines whose messages leave the process; a list "
+        "encrypts on every engine, with the first key, and decrypts with all; False "
+        "turns encryption off.",
+        nullable=True,
+        secret=True,
+        check=check_encryption_keys,
+        describe_as=_KEYS_ALLOWED,
     ),
 }
 
@@ -153,24 +194,83 @@ class EngineChannelLayer(BaseChannelLayer):
         )
         layer_values = {key: values.pop(key) for key in LAYER_OPTIONS}
 
-        super().__init__(expiry=layer_values["expiry"], capacity=layer_values["capacity"])
+        # BaseChannelLayer.__init__ is not called: it only assigns expiry, capacity and
+        # channel_capacity, which are properties here that need the config below.
         self.alias = alias
-        self.group_expiry = layer_values["group_expiry"]
-        self.channel_capacity = dict(layer_values["channel_capacity"])
         self.extensions = list(engine_class.extensions)
         self._engine_class = engine_class
+        self._layer_values = {
+            key: layer_values[key] for key in LAYER_OPTIONS if key != "encryption_keys"
+        }
+        self._sealer = _make_sealer(
+            layer_values.pop("encryption_keys"), engine_class, where, self.engine_name
+        )
         self._config = EngineConfig(
             alias=alias,
             engine=self.engine_name,
             expiry=float(layer_values["expiry"]),
-            group_expiry=float(self.group_expiry) if self.group_expiry else None,
+            group_expiry=_group_expiry(layer_values["group_expiry"]),
             capacity=layer_values["capacity"],
-            channel_capacity=tuple(_compile_capacities(self.channel_capacity)),
-            max_message_size=layer_values["max_message_size"],
+            channel_capacity=tuple(_compile_capacities(layer_values["channel_capacity"])),
+            max_message_size=layer_values["max_message_size"]
+            + (SEAL_OVERHEAD if self._sealer else 0),
             options=values,
         )
         self._start_process_state()
         _ALL_LAYERS.add(self)
+
+    # Settings Channels code reads and assigns -----------------------------------------
+
+    @property
+    def expiry(self) -> float:
+        """Seconds a message may wait unread; assigning it applies to later sends."""
+        return self._layer_values["expiry"]  # type: ignore[no-any-return]
+
+    @expiry.setter
+    def expiry(self, value: float) -> None:
+        self._change("expiry", value, expiry=lambda v: float(v))
+
+    @property
+    def capacity(self) -> int:
+        """Messages a channel may hold; assigning it applies to later sends."""
+        return self._layer_values["capacity"]  # type: ignore[no-any-return]
+
+    @capacity.setter
+    def capacity(self, value: int) -> None:
+        self._change("capacity", value, capacity=lambda v: v)
+
+    @property
+    def group_expiry(self) -> float | None:
+        """Seconds a membership lasts (0 or None: forever); applies to later group_add()."""
+        return self._layer_values["group_expiry"]  # type: ignore[no-any-return]
+
+    @group_expiry.setter
+    def group_expiry(self, value: float | None) -> None:
+        self._change("group_expiry", value, group_expiry=_group_expiry)
+
+    @property
+    def channel_capacity(self) -> dict[Any, int]:
+        """Capacity per channel name pattern (a copy); assign a new dict to change it."""
+        return dict(self._layer_values["channel_capacity"])
+
+    @channel_capacity.setter
+    def channel_capacity(self, value: dict[Any, int]) -> None:
+        self._change(
+            "channel_capacity", value, channel_capacity=lambda v: tuple(_compile_capacities(v))
+        )
+
+    def _change(self, key: str, value: Any, **fields: Callable[[Any], Any]) -> None:
+        """Validate ``value`` as CONFIG[key] and give the new config to every engine."""
+        checked = validate_options(
+            {key: value}, {key: LAYER_OPTIONS[key]}, where=self._config.where, owner="the layer"
+        )[key]
+        self._layer_values[key] = dict(checked) if isinstance(checked, Mapping) else checked
+        self._config = dataclasses.replace(
+            self._config, **{name: convert(checked) for name, convert in fields.items()}
+        )
+        with self._lock:
+            for engine in self._engines.values():
+                engine.config = self._config
 
     def _start_process_state(self) -> None:
         self._lock = threading.Lock()
@@ -180,6 +280,7 @@ class EngineChannelLayer(BaseChannelLayer):
         #: What this layer refused, dropped or repaired in this process, by event name.
         self.events = Events()
         self._next_undecodable_warning = 0.0
+        self._next_unopenable_warning = 0.0
 
     def __repr__(self) -> str:
         # Also for an instance whose __init__ raised: tracebacks show it as ``self``.
@@ -197,10 +298,13 @@ class EngineChannelLayer(BaseChannelLayer):
         """Send ``message`` to ``channel``; raises ChannelFull or MessageTooLarge."""
         require_channel_name(channel)
         data = self._encode(message, f"channel {channel!r}")
+        if self._sealer is not None:
+            data = self._sealer.seal_for_channel(channel, data)
         await self._engine().send(channel, data)
 
     async def receive(self, channel: str) -> dict[str, Any]:
-        """Wait for the next message on ``channel``, skipping any that cannot be decoded."""
+        """Wait for the next message on ``channel``, skipping any that cannot be opened
+        or decoded."""
         require_channel_name(channel)
         engine = self._engine()
         if "!" in channel and not engine.owns(channel):
@@ -211,8 +315,16 @@ class EngineChannelLayer(BaseChannelLayer):
             )
         while True:
             data = await engine.receive(channel)
+            if self._sealer is not None:
+                try:
+                    data = self._sealer.open(channel, data)
+                except Unopenable as exc:
+                    # Sealed with a key this process lacks, forged, corrupted, or meant
+                    # for another channel: never delivered, counted and logged.
+                    self._drop_unopenable(channel, exc.reason)
+                    continue
             try:
-                return decode(data, self._config.max_message_size)
+                return decode(data, self.max_message_size)
             except UndecodableMessage as exc:
                 # Bytes no layer could have sent (another writer's bug, an attack): a
                 # consumer must not die of them, so they are dropped, counted and logged.
@@ -249,6 +361,8 @@ class EngineChannelLayer(BaseChannelLayer):
         self._require("groups", "group_send")
         require_group_name(group)
         data = self._encode(message, f"group {group!r}")
+        if self._sealer is not None:
+            data = self._sealer.seal_for_group(group, data)
         await self._engine().group_send(group, data)
 
     async def flush(self) -> None:
@@ -277,6 +391,9 @@ class EngineChannelLayer(BaseChannelLayer):
             if engine is None:
                 engine = self._engine_class(self._config, self._shared, client_id=self.client_id)
                 engine.events = self.events
+                engine.message_keys = (
+                    self._sealer.subkeys("notification") if self._sealer is not None else ()
+                )
                 self._engines[loop] = engine
                 call_before_close(loop, self, lambda: self._release(loop))
         return engine
@@ -295,8 +412,36 @@ class EngineChannelLayer(BaseChannelLayer):
                 f"{', '.join(self.extensions) or 'none'})."
             )
 
+    @property
+    def max_message_size(self) -> int:
+        """Largest encoded message in bytes, before sealing."""
+        return self._layer_values["max_message_size"]  # type: ignore[no-any-return]
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether this layer seals message bodies (see ``encryption_keys``)."""
+        return self._sealer is not None
+
     def _encode(self, message: Any, target: str) -> bytes:
-        return encode(message, self._config.max_message_size, target=target)
+        return encode(message, self.max_message_size, target=target)
+
+    def _drop_unopenable(self, channel: str, reason: str) -> None:
+        self.events.count("receive.unopenable")
+        now = time.monotonic()
+        if now < self._next_unopenable_warning:
+            return
+        self._next_unopenable_warning = now + _UNDECODABLE_WARNING_INTERVAL
+        logger.warning(
+            "%s: dropped a message on channel %r that cannot be opened: %s. Processes of "
+            "this layer must share SECRET_KEY (and SECRET_KEY_FALLBACKS) or "
+            "CONFIG['encryption_keys']; during a key rotation every process needs the new "
+            "key in its list before any seals with it. %d dropped so far (layer.events "
+            "'receive.unopenable'); this warning repeats at most once a minute.",
+            self._config.where,
+            channel,
+            reason,
+            self.events.get("receive.unopenable"),
+        )
 
     def _drop_undecodable(self, channel: str, reason: str) -> None:
         self.events.count("receive.undecodable")
@@ -342,6 +487,61 @@ def _require_available(engine_class: type[BaseChannelEngine], name: str, where: 
             f"{where}: ENGINE {name!r} needs {packages}, which is not installed. "
             f"Install it with: {hints}"
         )
+
+
+def _group_expiry(value: float | None) -> float | None:
+    """``group_expiry`` as engines get it: None when memberships never expire."""
+    return float(value) if value else None
+
+
+def _make_sealer(
+    keys: Any, engine_class: type[BaseChannelEngine], where: str, engine: str
+) -> Sealer | None:
+    """The sealer ``encryption_keys`` asks for, or None when messages go unsealed.
+
+    ``keys`` is the validated value: None, False, or a list of :class:`Secret`.
+    """
+    if keys is False:
+        return None
+    if keys is not None:
+        return Sealer(list(keys))
+    if not engine_class.messages_leave_process:
+        return None
+    secrets = _django_secret_keys()
+    if not secrets:
+        raise InvalidConfigError(
+            f"{where}: ENGINE {engine!r} encrypts messages with keys derived from Django's "
+            "SECRET_KEY unless CONFIG['encryption_keys'] says otherwise, and there is no "
+            "SECRET_KEY (Django settings are not configured or SECRET_KEY is empty). Set "
+            "SECRET_KEY; or give CONFIG['encryption_keys'] a list of keys (strings of at "
+            f"least {MIN_KEY_LENGTH} characters, the same in every process); or set "
+            "CONFIG['encryption_keys'] to False to send messages unencrypted."
+        )
+    return Sealer(secrets)
+
+
+def _django_secret_keys() -> list[Secret]:
+    """SECRET_KEY then SECRET_KEY_FALLBACKS, concealed at once; empty without SECRET_KEY."""
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    if not settings.configured:
+        return []
+    try:
+        if not settings.SECRET_KEY:
+            return []
+        return [
+            Secret(_text(key))
+            for key in [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
+            if key
+        ]
+    except ImproperlyConfigured:  # Django's own refusal of an empty SECRET_KEY
+        return []
+
+
+def _text(key: str | bytes) -> str:
+    """A SECRET_KEY as text; Django also accepts bytes."""
+    return key if isinstance(key, str) else key.decode("latin-1")
 
 
 def _compile_capacities(patterns: Mapping[Any, int]) -> list[tuple[re.Pattern[str], int]]:

@@ -40,6 +40,7 @@ class MemoryEngine(BaseChannelEngine):
     version = __version__
     description = "In-process channels and groups, for tests and local development."
     extensions = ("groups", "flush")
+    messages_leave_process = False
 
     shared: MemoryStore
 

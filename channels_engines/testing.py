@@ -38,6 +38,7 @@ from .validation import MAX_NESTING
 __all__ = [
     "ChannelLayerConformance",
     "WorkExceeded",
+    "as_stored",
     "bounded_work",
     "pathological_messages",
     "undecodable_payloads",
@@ -500,7 +501,7 @@ class ChannelLayerConformance:
                 before = layer.events.get("receive.undecodable")
                 waiting = asyncio.ensure_future(self.receive(layer, channel))
                 for payload in bad:
-                    await engine.send(channel, payload)
+                    await engine.send(channel, as_stored(layer, channel, payload))
                 deadline = asyncio.get_running_loop().time() + self.receive_timeout
                 while layer.events.get("receive.undecodable") < before + len(bad):
                     assert asyncio.get_running_loop().time() < deadline, "drops not counted"
@@ -561,6 +562,13 @@ def pathological_messages() -> Iterator[tuple[str, dict[str, Any], type[Exceptio
     for _ in range(60):
         shared = [shared, shared]
     yield "a list that holds another twice, 60 levels down", {"v": shared}, MessageTooLarge
+
+
+def as_stored(layer: EngineChannelLayer, channel: str, payload: bytes) -> bytes:
+    """``payload`` as the engine holds a message for ``channel``: sealed when the layer
+    encrypts, so that it opens and reaches the decoder."""
+    sealer = layer._sealer
+    return payload if sealer is None else sealer.seal_for_channel(channel, payload)
 
 
 def undecodable_payloads() -> list[tuple[str, bytes]]:

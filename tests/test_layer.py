@@ -28,12 +28,12 @@ from channels_engines import layer as layer_module
 from channels_engines.apps import _on_setting_changed
 from channels_engines.memory import MemoryEngine
 from channels_engines.redaction import Secret
-from channels_engines.testing import undecodable_payloads
+from channels_engines.testing import as_stored, undecodable_payloads
 from channels_engines.validation import non_local_name
 
 BACKEND = "channels_engines.EngineChannelLayer"
 WHERE = "CHANNEL_LAYERS['default']"
-LAYER_KEYS = "capacity, channel_capacity, expiry, group_expiry, max_message_size"
+LAYER_KEYS = "capacity, channel_capacity, encryption_keys, expiry, group_expiry, max_message_size"
 
 
 class SendOnlyEngine(BaseChannelEngine):
@@ -223,8 +223,8 @@ def test_unknown_config_key_lists_the_engines_own_keys_too() -> None:
         EngineChannelLayer(ENGINE=SecretEngine, host="db")
     assert str(caught.value) == (
         "EngineChannelLayer: unknown CONFIG key 'host' for ENGINE 'SecretEngine'. Allowed "
-        "keys: capacity, channel_capacity, expiry, group_expiry, max_message_size, password, "
-        "region."
+        "keys: capacity, channel_capacity, encryption_keys, expiry, group_expiry, "
+        "max_message_size, password, region."
     )
 
 
@@ -234,7 +234,7 @@ PATTERNS = (
 )
 EXPIRY = "a number > 0 and <= 86400"
 GROUP_EXPIRY = "a number >= 0 and <= 315360000 or None"
-SIZE = "an integer >= 1024 and <= 268435456"
+SIZE = "an integer >= 1024 and <= 268435321"
 
 
 @pytest.mark.parametrize(
@@ -561,7 +561,9 @@ def test_undecodable_rows_written_to_the_postgres_table_never_reach_the_receiver
             waiting = asyncio.ensure_future(layer.receive(channel))
             with Admin() as admin:
                 for payload in bad:
-                    admin.conn.execute(insert, [queue, [channel], payload])
+                    admin.conn.execute(
+                        insert, [queue, [channel], as_stored(layer, channel, payload)]
+                    )
                 identifier = listen_identifier(Tables(None, prefix, True).namespace, queue)
                 admin.conn.execute("SELECT pg_notify(%s, '')", [identifier])
             await await_for(

@@ -118,7 +118,8 @@ def test_misspelled_key_lists_the_engines_keys() -> None:
         EngineChannelLayer(ENGINE="lossy", droprate=0.5)
     assert str(caught.value) == (
         "EngineChannelLayer: unknown CONFIG key 'droprate' for ENGINE 'lossy'. Did you mean "
-        "'drop_rate'? Allowed keys: capacity, channel_capacity, drop_rate, expiry, "
+        "'drop_rate'? Allowed keys: capacity, channel_capacity, drop_rate, encryption_keys, "
+        "expiry, "
         "group_expiry, max_message_size, seed."
     )
 
