@@ -19,6 +19,7 @@ from psycopg.conninfo import conninfo_to_dict
 from channels_engines import EngineChannelLayer
 from channels_engines.postgres.schema import listen_identifier
 from channels_engines.serialization import encode
+from channels_engines.testing import as_stored
 from tests.pgtools import TEST_DSN, Admin, engine_of, make_layer, run, unique
 from tests.polling import await_for
 
@@ -41,6 +42,11 @@ def insert(admin: Admin, prefix: str, queue: str, channels: Any, payload: bytes,
         ),
         params,
     )
+
+
+def sealed(layer: EngineChannelLayer, channel: str, message: dict[str, Any]) -> bytes:
+    """``message`` as the layer stores it for ``channel``: encoded, and sealed."""
+    return as_stored(layer, channel, encode(message))
 
 
 def wake(admin: Admin, prefix: str, queue: str) -> None:
@@ -175,14 +181,16 @@ def test_bad_rows_are_skipped_and_counted_and_the_rest_of_their_batch_arrives(
         )
         good = 0
         for what, (channels, expires) in BAD_ROWS.items():
-            insert(admin, prefix, queue, [channel], encode({"type": "good", "n": good}))
+            insert(
+                admin, prefix, queue, [channel], sealed(layer, channel, {"type": "good", "n": good})
+            )
             good += 1
             payload = b"\x81\xa4type\xa3bad" + (b"\x00" * 2000 if "oversized" in what else b"")
             text = channels.format(own=channel, queue=queue)
             insert(
                 admin, prefix, queue, text, payload, **({"expires_at": expires} if expires else {})
             )
-        insert(admin, prefix, queue, [channel], encode({"type": "good", "n": good}))
+        insert(admin, prefix, queue, [channel], sealed(layer, channel, {"type": "good", "n": good}))
         good += 1
         wake(admin, prefix, queue)
         if shared:
@@ -215,13 +223,29 @@ def test_a_second_copy_of_a_message_is_dropped_by_its_sender_and_sequence_number
         await started(layer, channel)
         sender = 424242
         for seq in (1, 2):
-            insert(admin, prefix, queue, [channel], encode({"seq": seq}), sender=sender, seq=seq)
+            insert(
+                admin,
+                prefix,
+                queue,
+                [channel],
+                sealed(layer, channel, {"seq": seq}),
+                sender=sender,
+                seq=seq,
+            )
         wake(admin, prefix, queue)
         first = [await asyncio.wait_for(layer.receive(channel), 10) for _ in range(2)]
         assert first == [{"seq": 1}, {"seq": 2}]
         # The retry's copies of both, then a new message of the same sender.
         for seq in (1, 2, 3):
-            insert(admin, prefix, queue, [channel], encode({"seq": seq}), sender=sender, seq=seq)
+            insert(
+                admin,
+                prefix,
+                queue,
+                [channel],
+                sealed(layer, channel, {"seq": seq}),
+                sender=sender,
+                seq=seq,
+            )
         wake(admin, prefix, queue)
         assert await asyncio.wait_for(layer.receive(channel), 10) == {"seq": 3}
         assert layer.events.get("receive.duplicate") == 2
