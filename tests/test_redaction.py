@@ -124,6 +124,8 @@ def assert_nothing_recorded(found: Recorded, records: Records) -> None:
 
 STATIC = {"provider": "static", "user": "app", "password": SENTINEL}
 URL = f"postgresql://app:{SENTINEL}@127.0.0.1:5432/chat"
+#: An encryption key holding the sentinel, long enough to be accepted.
+KEY = f"{SENTINEL}-{SENTINEL}"
 
 #: CONFIGs that are refused, each holding the sentinel in a secret-bearing key.
 BAD_SETTINGS: dict[str, dict[str, Any]] = {
@@ -156,6 +158,12 @@ BAD_SETTINGS: dict[str, dict[str, Any]] = {
     },
     "an unknown key next to a dsn": {"dsn": URL, "pool_max_sise": 2},
     "a bad option next to credentials": {"credentials": STATIC, "table_prefix": "Bad-Prefix"},
+    "a short encryption key after a good one": {"encryption_keys": [KEY, SENTINEL]},
+    "an encryption key that is not a string": {"encryption_keys": [KEY, 5]},
+    "encryption keys as a dict": {"encryption_keys": {"current": KEY}},
+    "one encryption key not in a list": {"encryption_keys": KEY},
+    "encryption keys next to a bad option": {"encryption_keys": [KEY], "capacity": 0},
+    "encryption keys next to an unknown key": {"encryption_keys": [KEY], "capasity": 1},
 }
 
 
@@ -400,12 +408,17 @@ def working_settings(pg: EmbeddedPostgres, role: str) -> dict[str, dict[str, Any
             "dsn": target,
             "credentials": {"provider": "static", "user": role, "password": SENTINEL},
         },
+        "encryption keys": {
+            "dsn": f"{target} user={role} password={SENTINEL}",
+            "encryption_keys": [KEY, f"old-{KEY}"],
+        },
     }
 
 
 @pytest.mark.postgres
 @pytest.mark.parametrize(
-    "name", ["password in dsn", "password in connection", "password from a provider"]
+    "name",
+    ["password in dsn", "password in connection", "password from a provider", "encryption keys"],
 )
 def test_a_working_layer_holds_the_password_only_in_secrets(
     name: str, pg: EmbeddedPostgres, role: str
@@ -428,6 +441,7 @@ def test_a_working_layer_holds_the_password_only_in_secrets(
                 engine=repr(engine),
                 connection_settings=repr(shared.connection),
                 credential_cache=repr(shared.connection.credentials),
+                sealer=repr(layer._sealer),
             )
             cache = shared.connection.credentials
             if cache is not None:
