@@ -580,3 +580,110 @@ def test_undecodable_rows_written_to_the_postgres_table_never_reach_the_receiver
             await layer.close()
 
     run(scenario())
+
+
+# Settings assigned after construction ---------------------------------------------------
+
+
+def test_assigned_settings_are_validated_like_config() -> None:
+    layer = EngineChannelLayer(ENGINE="memory")
+    for name, value, message in [
+        ("expiry", 0, f"CONFIG['expiry'] must be {EXPIRY}, not 0 (int)."),
+        ("capacity", True, f"CONFIG['capacity'] must be {CAPACITY}, not True (bool)."),
+        ("group_expiry", -1, f"CONFIG['group_expiry'] must be {GROUP_EXPIRY}, not -1 (int)."),
+        (
+            "channel_capacity",
+            [("a*", 1)],
+            f"CONFIG['channel_capacity'] must be {PATTERNS}, not [('a*', 1)] (list).",
+        ),
+    ]:
+        with pytest.raises(InvalidConfigError) as caught:
+            setattr(layer, name, value)
+        assert str(caught.value) == f"{layer.config.where}: {message}"
+    assert (layer.expiry, layer.capacity, layer.group_expiry) == (60, 100, 86400)
+    assert layer.channel_capacity == {}
+
+
+def test_assigned_settings_reach_the_config_of_existing_and_later_engines() -> None:
+    async def scenario() -> None:
+        layer = EngineChannelLayer(ENGINE="memory")
+        engine = layer._engine()
+        layer.expiry = 5
+        layer.capacity = 3
+        layer.group_expiry = 0
+        layer.channel_capacity = {"small.*": 1}
+        assert (layer.expiry, layer.capacity, layer.group_expiry) == (5, 3, 0)
+        assert layer.channel_capacity == {"small.*": 1}
+        for config in (engine.config, layer.config):
+            assert (config.expiry, config.capacity, config.group_expiry) == (5.0, 3, None)
+            assert config.capacity_for("small.x") == 1
+            assert config.capacity_for("big.x") == 3
+        await layer.close()
+        assert layer._engine().config is layer.config
+
+    run(scenario())
+
+
+def test_an_expiry_assigned_to_a_running_memory_layer_applies_to_the_next_send() -> None:
+    async def scenario() -> None:
+        layer = EngineChannelLayer(ENGINE="memory")
+        await layer.send("assigned.expiry", {"type": "kept"})
+        assert await layer.receive("assigned.expiry") == {"type": "kept"}
+        layer.expiry = 0.2
+        await layer.send("assigned.expiry", {"type": "expires"})
+        await asyncio.sleep(0.6)  # expiry is the behaviour under test
+        await layer.send("assigned.expiry", {"type": "sentinel"})
+        assert await layer.receive("assigned.expiry") == {"type": "sentinel"}
+
+    run(scenario())
+
+
+def test_a_capacity_assigned_to_a_running_memory_layer_applies_to_the_next_send() -> None:
+    async def scenario() -> None:
+        layer = EngineChannelLayer(ENGINE="memory")
+        await layer.send("assigned.capacity", {"n": 1})
+        layer.capacity = 1
+        with pytest.raises(ChannelFull):
+            await layer.send("assigned.capacity", {"n": 2})
+
+    run(scenario())
+
+
+@pytest.mark.postgres
+def test_an_expiry_assigned_after_construction_is_what_the_server_stores(prefix: str) -> None:
+    """As Channels' own tests do with ``layer.expiry``: assigned before the first use."""
+    from tests.pgtools import Admin, make_layer, unique
+
+    async def scenario() -> None:
+        layer = make_layer(unique("ce_t"), prefix=prefix)
+        layer.expiry = 1
+        try:
+            await layer.send("assigned.pg", {"type": "x"})
+            with Admin() as admin:
+                left = admin.scalar(
+                    f'SELECT extract(epoch FROM expires_at - now()) FROM "{prefix}message"'
+                )
+            assert 0 < left <= 1
+        finally:
+            await layer.close()
+
+    run(scenario())
+
+
+@pytest.mark.postgres
+def test_a_capacity_assigned_to_a_running_postgres_layer_applies_to_the_next_send(
+    prefix: str,
+) -> None:
+    from tests.pgtools import make_layer, unique
+
+    async def scenario() -> None:
+        layer = make_layer(unique("ce_t"), prefix=prefix)
+        try:
+            await layer.send("assigned.pg-capacity", {"n": 1})
+            layer.capacity = 1
+            with pytest.raises(ChannelFull):
+                await layer.send("assigned.pg-capacity", {"n": 2})
+        finally:
+            await layer.close()
+
+    run(scenario())
