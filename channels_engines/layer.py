@@ -221,7 +221,8 @@ class EngineChannelLayer(BaseChannelLayer):
 
     # Settings Channels code reads and assigns -----------------------------------------
 
-    @property
+    # The stubs of Channels type expiry as int; seconds may have a fraction here.
+    @property  # type: ignore[override]
     def expiry(self) -> float:
         """Seconds a message may wait unread; assigning it applies to later sends."""
         return self._layer_values["expiry"]  # type: ignore[no-any-return]
@@ -507,8 +508,8 @@ def _make_sealer(
         return Sealer(list(keys))
     if not engine_class.messages_leave_process:
         return None
-    secrets = _django_secret_keys()
-    if not secrets:
+    from_settings = _django_secret_keys()
+    if not from_settings:
         raise InvalidConfigError(
             f"{where}: ENGINE {engine!r} encrypts messages with keys derived from Django's "
             "SECRET_KEY unless CONFIG['encryption_keys'] says otherwise, and there is no "
@@ -517,7 +518,7 @@ def _make_sealer(
             f"least {MIN_KEY_LENGTH} characters, the same in every process); or set "
             "CONFIG['encryption_keys'] to False to send messages unencrypted."
         )
-    return Sealer(secrets)
+    return Sealer(from_settings)
 
 
 def _django_secret_keys() -> list[Secret]:
@@ -530,18 +531,15 @@ def _django_secret_keys() -> list[Secret]:
     try:
         if not settings.SECRET_KEY:
             return []
+        # Django also accepts bytes; latin-1 turns any bytes into text, the same in
+        # every process. Nothing here can raise while a key is in a local variable.
         return [
-            Secret(_text(key))
+            Secret(key if isinstance(key, str) else key.decode("latin-1"))
             for key in [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
-            if key
+            if key and isinstance(key, (str, bytes))
         ]
     except ImproperlyConfigured:  # Django's own refusal of an empty SECRET_KEY
         return []
-
-
-def _text(key: str | bytes) -> str:
-    """A SECRET_KEY as text; Django also accepts bytes."""
-    return key if isinstance(key, str) else key.decode("latin-1")
 
 
 def _compile_capacities(patterns: Mapping[Any, int]) -> list[tuple[re.Pattern[str], int]]:

@@ -56,7 +56,16 @@ VENV = ROOT / ".demo-venv"
 # Installed into .demo-venv besides the project and its postgres and embedded extras.
 SERVER_PACKAGES = ("daphne>=4.1", "uvicorn>=0.30", "websockets>=13")
 # Modules the demo and its servers import; uvicorn needs websockets to speak WebSocket.
-MODULES = ("django", "channels", "msgpack", "psycopg", "daphne", "uvicorn", "websockets")
+MODULES = (
+    "django",
+    "channels",
+    "msgpack",
+    "cryptography",
+    "psycopg",
+    "daphne",
+    "uvicorn",
+    "websockets",
+)
 MINIMUM_VERSIONS = {"django": (5, 2), "channels": (4, 2, 2)}
 SERVERS = ("daphne", "uvicorn")
 DATABASE_NAME = "chat"
