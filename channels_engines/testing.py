@@ -490,6 +490,25 @@ class ChannelLayerConformance:
                         await layer.group_send(group, message)
             await self.assert_nothing_pending(layer, channel)
 
+    async def test_encrypted_messages_arrive_and_replays_to_another_channel_are_dropped(
+        self,
+    ) -> None:
+        """With ``encryption_keys`` the engine carries sealed bytes unchanged; a message
+        sealed for one channel and stored on another never reaches a consumer."""
+        keys = ["conformance-key-" + "k" * 32]
+        async with self.open_layer(encryption_keys=keys) as layer:
+            channel = await layer.new_channel()
+            await layer.send(channel, {"type": "sealed", "n": 1})
+            assert await self.receive(layer, channel) == {"type": "sealed", "n": 1}
+            if "groups" in layer.extensions:
+                await layer.group_add("conformance-sealed", channel)
+                await layer.group_send("conformance-sealed", {"type": "sealed", "n": 2})
+                assert await self.receive(layer, channel) == {"type": "sealed", "n": 2}
+            replayed = as_stored(layer, "conformance.elsewhere", msgpack.packb({"type": "x"}))
+            await layer._engine().send(channel, replayed)
+            await self.assert_nothing_pending(layer, channel)
+            assert layer.events.get("receive.unopenable") == 1
+
     async def test_undecodable_messages_are_dropped_and_receive_keeps_waiting(self) -> None:
         """Bytes that no layer could have sent (another writer's bug, an attack) never
         reach a consumer, as a message or as an exception: receive() drops and counts
