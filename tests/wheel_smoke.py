@@ -96,6 +96,8 @@ def main() -> int:
         from django.conf import settings
 
         settings.configure(
+            # The postgres engine encrypts with keys derived from it.
+            SECRET_KEY="wheel-smoke-" + secrets.token_hex(16),
             INSTALLED_APPS=["channels", "channels_engines"],
             CHANNEL_LAYERS={
                 "default": {"ENGINE": "memory"},
