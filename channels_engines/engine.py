@@ -75,6 +75,10 @@ class BaseChannelEngine:
     requires: ClassVar[tuple[Requirement, ...]] = ()
     #: The engine's own CONFIG keys (see :class:`channels_engines.Option`).
     options: ClassVar[Mapping[str, Option]] = {}
+    #: Keys derived from the layer's encryption keys (the first current) for what the
+    #: engine puts on the wire besides sealed messages; empty when messages are not
+    #: sealed. The layer sets it on every engine it creates.
+    message_keys: tuple[bytes, ...] = ()
 
     def __init__(self, config: EngineConfig, shared: Any, *, client_id: str) -> None:
         #: Settings of the layer, validated.
