@@ -231,3 +231,52 @@ def test_a_large_payload_still_fits_the_table_path(app: str, prefix: str) -> Non
         await receiver.close()
 
     run(scenario())
+
+
+def test_a_listener_that_stops_reading_never_makes_sends_fail(app: str) -> None:
+    """PostgreSQL's notification queue is finite and the slowest listener holds it. A
+    session that LISTENs and then sits in a transaction never reads: past half full the
+    layer's notifications only wake, past 90 % none is sent (receivers' periodic claims
+    deliver), and no send fails with "too many notifications in the NOTIFY queue"."""
+    from channels_engines.embedded import EmbeddedPostgres
+
+    with EmbeddedPostgres(settings={"max_notify_queue_pages": "64"}) as server:
+        server.create_database("queue_full")
+        dsn = server.dsn("queue_full")
+        stalled = psycopg.Connection.connect(dsn, autocommit=True)
+        stalled.execute("LISTEN somebody_else")
+        stalled.execute("BEGIN")
+        stalled.execute("SELECT 1")
+        watcher = psycopg.Connection.connect(dsn, autocommit=True)
+        peak = 0.0
+        total = 6000
+
+        async def scenario() -> None:
+            nonlocal peak
+            sender, receiver, channel = await pair(
+                app, "ce_q_", dsn=dsn, capacity=total, sweep_interval=0.2
+            )
+            received: list[int] = []
+
+            async def receive_all() -> None:
+                while len(received) < total:
+                    received.append((await receiver.receive(channel))["n"])
+
+            reading = asyncio.create_task(receive_all())
+            for n in range(total):
+                await sender.send(channel, {"n": n, "pad": "x" * 200})
+                if n % 500 == 0:
+                    usage = watcher.execute("SELECT pg_notification_queue_usage()").fetchone()
+                    peak = max(peak, float(usage[0]))
+            await asyncio.wait_for(reading, 60)
+            assert received == list(range(total))
+            assert 0 < receiver.events.get("receive.from_notification") < total
+            await sender.close()
+            await receiver.close()
+
+        try:
+            run(scenario(), timeout=180)
+        finally:
+            watcher.close()
+            stalled.close()
+        assert peak >= 0.9

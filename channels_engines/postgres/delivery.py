@@ -273,7 +273,7 @@ class Delivery:
         mailbox = self.inbox.mailbox
         if self._owns(queue):
             return min(_CLAIM_BATCH, self._capacity_for(queue) - mailbox.count(queue))
-        return mailbox.waiting_on(queue) - mailbox.buffered(queue)
+        return mailbox.unserved(queue)
 
     async def claim(self, queue: str, conn: Connection | None = None) -> None:
         """Claim rows of ``queue`` until nothing more is wanted; ``conn`` is the listener's

@@ -61,7 +61,7 @@ class Notary:
         self._keys = tuple(keys)
 
     def __repr__(self) -> str:
-        return f"<Notary with {len(self._keys)} key(s)>"
+        return f"<Notary with {len(getattr(self, '_keys', ()))} key(s)>"
 
     def write(
         self,
