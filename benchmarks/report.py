@@ -26,6 +26,8 @@ def _num(value: float | None, fmt: Format) -> str:
         return f"{value:.2f}"
     if fmt == "mib":
         return f"{value:.1f}"
+    if fmt == "x":
+        return f"{value:.2f}x"
     return f"{value:,.0f}"
 
 

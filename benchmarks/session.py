@@ -70,6 +70,13 @@ class Session:
         )
         try:
             info = worker.expect("prepared", 120)
+            if info.get("skipped"):
+                self.unavailable[subject["name"]] = f"n/a: {info['skipped']}"
+                _log(
+                    f"{subject['name']}: skipped: {info['skipped']} ({info['detail']}); "
+                    "it is measured once the layer accepts it"
+                )
+                return
             _log(
                 f"{subject['name']}: ready ({info['layer']}; migrated: "
                 f"{', '.join(info['migrated']) or 'nothing'})"
@@ -210,7 +217,19 @@ def _brief(result: CellResult) -> str:
     m = result.metrics
     parts = [
         f"{key}={m[key]:.4g}"
-        for key in ("rate", "p50_ms", "call_p50_ms", "conns", "cpu_pct", "wake_ms", "final_conns")
+        for key in (
+            "rate",
+            "p50_ms",
+            "call_p50_ms",
+            "conns",
+            "cpu_pct",
+            "wake_ms",
+            "final_conns",
+            "call_p50_ms_r1",
+            "call_p50_ms_r8",
+            "cpu_ms_r1",
+            "cpu_ms_r8",
+        )
         if isinstance(m.get(key), int | float)
     ]
     parts += [f"{key}={m[key]}" for key in ("lost", "dup", "errors") if m.get(key)]

@@ -9,7 +9,7 @@ from typing import Literal
 from benchmarks.scenarios.cell import Cell, Metrics, Payload
 
 Aggregate = Literal["median", "sum", "max"]
-Format = Literal["rate", "ms", "count", "pct", "mib"]
+Format = Literal["rate", "ms", "count", "pct", "mib", "x"]
 
 
 @dataclass(frozen=True)
