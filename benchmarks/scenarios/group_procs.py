@@ -127,4 +127,6 @@ GROUP_FANOUT_PROCS = Scenario(
         Ratio(f"cpu_ms_r{MANY}", f"ours ÷ subject (CPU/call R={MANY})", "lower"),
     ),
     run=run_group_procs,
+    chart=(f"call_p50_ms_r{FEW}", f"call_p50_ms_r{MANY}"),
+    chart_axis="group_send() call p50 (ms)",
 )
