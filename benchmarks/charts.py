@@ -8,6 +8,7 @@ the layers. File names are `<scenario>.png`; the files are generated, never edit
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,7 @@ def draw(
     floor = floor_of(spec, values)
     rows = len(subjects)
     height = 0.8 / len(spec.series)
-    figure, axes = pyplot.subplots(figsize=(9.0, 1.0 + 0.55 * rows * len(spec.series)))
+    figure, axes = pyplot.subplots(figsize=(9.0, 1.4 + rows * (0.2 + 0.32 * len(spec.series))))
     try:
         top = max(
             (v for row in values.values() for s in spec.series if (v := row.get(s.key))),
@@ -100,8 +101,9 @@ def draw(
         axes.invert_yaxis()  # first subject (ours) on top
         axes.set_xlim(0, top * 1.45)
         axes.set_xlabel(f"{spec.axis} ({spec.better} is better)")
-        floor_note = f"; labels: value (÷ {floor})" if floor else ""
-        axes.set_title(f"{spec.scenario}: {spec.title}{floor_note}", fontsize=10)
+        title = textwrap.fill(f"{spec.scenario}: {spec.title}", 90)
+        floor_note = f"\nlabels: value (value ÷ {floor}, same run)" if floor else ""
+        axes.set_title(f"{title}{floor_note}", fontsize=10)
         if len(spec.series) > 1:
             axes.legend(loc="lower right", fontsize=8)
         axes.grid(axis="x", alpha=0.3)
