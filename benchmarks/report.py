@@ -105,10 +105,10 @@ def encryption_table(rows: Rows) -> list[str]:
     lines = [
         "#### Cost of encryption",
         "",
-        f"`{OURS}` (encrypted, the default) ÷ `{OURS_PLAIN}` (`encryption_keys: False`), "
-        "from this run.",
+        f"`{OURS}` (default CONFIG: encrypted where the layer encrypts) ÷ `{OURS_PLAIN}` "
+        "(`encryption_keys: False`), from this run.",
         "",
-        "| scenario | metric | encrypted | plain | cost of encryption (encrypted ÷ plain) |",
+        "| scenario | metric | default | plain | cost of encryption (default ÷ plain) |",
         "|---|---|---:|---:|---:|",
     ]
     for name, scenario_rows in rows.items():
