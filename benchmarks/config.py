@@ -46,6 +46,8 @@ class Sizes:
     rtt_warm: int
     fanout_sends: int
     fanout_warm: int
+    procs_sends: int
+    procs_warm: int
     idle_channels: int
     idle_window_s: float
     large_count: int
@@ -74,6 +76,8 @@ QUICK = Sizes(
     rtt_warm=30,
     fanout_sends=30,
     fanout_warm=3,
+    procs_sends=20,
+    procs_warm=3,
     idle_channels=500,
     idle_window_s=5.0,
     large_count=20,
@@ -98,6 +102,8 @@ FULL = Sizes(
     rtt_warm=200,
     fanout_sends=200,
     fanout_warm=10,
+    procs_sends=100,
+    procs_warm=10,
     idle_channels=500,
     idle_window_s=10.0,
     large_count=100,

@@ -8,6 +8,7 @@ own admin connection, which never matches a worker's ports.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -59,6 +60,29 @@ class Monitor:
         clients = self._redis.client_list()
         return sum(1 for client in clients if int(client["addr"].rsplit(":", 1)[1]) in ports)
 
+    def server_cpu(self, server: str) -> dict[int, float]:
+        """CPU seconds so far of each server process working for the bench.
+
+        PostgreSQL: every client backend on the bench database (a LISTEN connection's
+        backend also does the work of delivering notifications to it). Redis: the server
+        process, all threads. Both servers run on this host, so /proc is readable; the
+        difference of two readings (`cpu_between`) is the server's CPU for a window.
+        """
+        if server == "postgres":
+            rows = self._pg.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s"
+                " AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                (self.pg_db,),
+            ).fetchall()
+            pids = [int(row[0]) for row in rows]
+        else:
+            pids = [int(self._redis.info("server")["process_id"])]
+        readings = {}
+        for pid in pids:
+            with contextlib.suppress(psutil.Error, OSError):
+                readings[pid] = cpu_seconds(pid)
+        return readings
+
     def wait_quiet(self, timeout: float = 10.0) -> int:
         """Wait until no client backend is left on the bench database; returns leftovers."""
         deadline = time.monotonic() + timeout
@@ -90,6 +114,16 @@ class Monitor:
         """Release the admin connections."""
         self._pg.close()
         self._redis.close()
+
+
+def cpu_between(start: dict[int, float], end: dict[int, float]) -> float:
+    """Server CPU seconds spent between two `server_cpu` readings.
+
+    A backend that started in between counts from zero (its start-up is work the window
+    caused); one that ended in between is missing from `end`, so its last part is lost:
+    the number is a lower bound for layers that open and close connections.
+    """
+    return sum(seconds - start.get(pid, 0.0) for pid, seconds in end.items())
 
 
 def cpu_seconds(pid: int) -> float:

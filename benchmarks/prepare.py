@@ -18,7 +18,11 @@ PREPARE = "benchmarks.prepare:prepare"
 
 
 def prepare(ctx: SyncContext) -> None:
-    """Migrate the subject's apps that ship migrations, then build and flush the layer."""
+    """Migrate the subject's apps that ship migrations, then build and flush the layer.
+
+    A subject marked `skip_if_rejected: KEY` whose layer refuses that CONFIG key is
+    reported as skipped, with the reason, instead of failing.
+    """
     subject = ctx.subject
     migrated: list[str] = []
     if subject["kind"] == "django":
@@ -29,7 +33,20 @@ def prepare(ctx: SyncContext) -> None:
             if importlib.util.find_spec(f"{app_label}.migrations") is not None:
                 call_command("migrate", app_label, database=alias, verbosity=0)
                 migrated.append(f"{app_label} on {alias!r}")
-    layer = build_layer(subject)
+    try:
+        layer = build_layer(subject)
+    except ValueError as exc:  # Channels' InvalidChannelLayerError is a ValueError
+        key = subject.get("skip_if_rejected")
+        if key and repr(key) in str(exc):
+            ctx.link.send(
+                "prepared",
+                migrated=migrated,
+                layer="",
+                skipped=f"this version of the layer rejects CONFIG[{key!r}]",
+                detail=str(exc).split(". ", 1)[0],
+            )
+            return
+        raise
     asyncio.run(_check(layer))
     ctx.link.send(
         "prepared", migrated=migrated, layer=f"{type(layer).__module__}.{type(layer).__qualname__}"

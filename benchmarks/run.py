@@ -2,7 +2,7 @@
 
     python benchmarks/run.py [--quick] [--repeat N] [--dsn DSN] [--redis-url URL]
                              [--only SUBJECT,...] [--scenarios NAME,...]
-                             [--markdown OUT.md] [--json OUT.json]
+                             [--markdown OUT.md] [--json OUT.json] [--charts DIR]
 
 Repetitions are interleaved (repetition → scenario → subject) so that drift of the
 machine hits every subject alike; the tables show medians. See benchmarks/README.md.
@@ -11,6 +11,7 @@ machine hits every subject alike; the tables show medians. See benchmarks/README
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scenarios", type=_names, help="comma-separated scenarios to run")
     parser.add_argument("--markdown", help="write the generated Markdown tables here")
     parser.add_argument("--json", help="write every number of the run here")
+    parser.add_argument(
+        "--charts",
+        help="draw one chart per scenario into this folder (<scenario>.png, needs matplotlib);"
+        " the Markdown links them",
+    )
     return parser.parse_args(argv)
 
 
@@ -75,7 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         session.run()
     finally:
         session.close()
-    markdown = session.markdown()
+    links: dict[str, str] = {}
+    if args.charts:
+        relative_to = Path(args.markdown).resolve().parent if args.markdown else Path.cwd()
+        for name, path in session.draw_charts(Path(args.charts)).items():
+            links[name] = os.path.relpath(path.resolve(), relative_to)
+            print(f"chart: {path}", file=sys.stderr)
+    markdown = session.markdown(links)
     print(markdown)
     if args.markdown:
         session.write_markdown(args.markdown, markdown)

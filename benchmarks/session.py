@@ -21,7 +21,7 @@ from benchmarks.results import CellResult, aggregate
 from benchmarks.scenarios import SCENARIOS
 from benchmarks.scenarios.base import Scenario
 from benchmarks.scenarios.cell import Cell, PartialResult
-from benchmarks.subjects import REDIS_PREFIX, all_subjects
+from benchmarks.subjects import OURS, OURS_PLAIN, REDIS_PREFIX, all_subjects
 from benchmarks.targets import Rows
 
 Payload = dict[str, Any]
@@ -70,6 +70,13 @@ class Session:
         )
         try:
             info = worker.expect("prepared", 120)
+            if info.get("skipped"):
+                self.unavailable[subject["name"]] = f"n/a: {info['skipped']}"
+                _log(
+                    f"{subject['name']}: skipped: {info['skipped']} ({info['detail']}); "
+                    "it is measured once the layer accepts it"
+                )
+                return
             _log(
                 f"{subject['name']}: ready ({info['layer']}; migrated: "
                 f"{', '.join(info['migrated']) or 'nothing'})"
@@ -157,9 +164,28 @@ class Session:
             "sizes": self.sizes.as_dict(),
         }
 
-    def markdown(self) -> str:
-        """The generated tables."""
-        return report.markdown(self.meta(), self.rows())
+    def markdown(self, charts: dict[str, str] | None = None) -> str:
+        """The generated tables, linking the charts when they were drawn."""
+        return report.markdown(self.meta(), self.rows(), charts)
+
+    def draw_charts(self, directory: Path) -> dict[str, Path]:
+        """One chart per scenario of this run into `directory`; returns scenario -> file."""
+        from benchmarks.charts import draw_run
+
+        rows = self.rows()
+        return draw_run(
+            [report.chart_spec(scenario) for scenario in self.scenarios],
+            {
+                name: {subject: row.values for subject, row in scenario_rows.items()}
+                for name, scenario_rows in rows.items()
+            },
+            directory,
+            ours=(OURS, OURS_PLAIN),
+            statuses={
+                name: {s: row.statuses[0] for s, row in scenario_rows.items() if row.statuses}
+                for name, scenario_rows in rows.items()
+            },
+        )
 
     def write_markdown(self, path: str, text: str) -> None:
         """Write the generated tables to a file."""
@@ -210,7 +236,19 @@ def _brief(result: CellResult) -> str:
     m = result.metrics
     parts = [
         f"{key}={m[key]:.4g}"
-        for key in ("rate", "p50_ms", "call_p50_ms", "conns", "cpu_pct", "wake_ms", "final_conns")
+        for key in (
+            "rate",
+            "p50_ms",
+            "call_p50_ms",
+            "conns",
+            "cpu_pct",
+            "wake_ms",
+            "final_conns",
+            "call_p50_ms_r1",
+            "call_p50_ms_r8",
+            "cpu_ms_r1",
+            "cpu_ms_r8",
+        )
         if isinstance(m.get(key), int | float)
     ]
     parts += [f"{key}={m[key]}" for key in ("lost", "dup", "errors") if m.get(key)]

@@ -13,6 +13,11 @@ from benchmarks.config import Servers
 Payload = dict[str, Any]
 
 OURS = "channels_engines"
+#: Ours with encryption at the layer turned off: beside OURS it gives the cost of encryption.
+OURS_PLAIN = "channels_engines_plain"
+#: Every worker process of every Django subject gets this same key, so a layer that derives
+#: its encryption key from SECRET_KEY can open what another process sealed.
+SECRET_KEY = "channels-engines-benchmarks-fixed-secret-key-for-every-worker-process"
 #: Key prefix of the channels_redis layers, so cleaning never touches other keys.
 REDIS_PREFIX = "benchce"
 #: The spec's usual capacity (100 per channel, shared by all "!" channels of a process)
@@ -23,18 +28,40 @@ CAPACITY = 100_000
 
 def ours(servers: Servers) -> Payload:
     """channels_engines with its default PostgreSQL engine."""
+    return _ours(
+        OURS, servers, {}, f"ours: EngineChannelLayer, ENGINE=postgres (capacity={CAPACITY})"
+    )
+
+
+def ours_plain(servers: Servers) -> Payload:
+    """Ours with `encryption_keys: False`.
+
+    A version of the layer without encryption rejects the key; the subject is then
+    skipped (see prepare.py), so the harness runs on both sides of that change.
+    """
+    subject = _ours(
+        OURS_PLAIN,
+        servers,
+        {"encryption_keys": False},
+        f"ours without encryption: EngineChannelLayer, ENGINE=postgres, encryption_keys=False "
+        f"(capacity={CAPACITY})",
+    )
+    return {**subject, "skip_if_rejected": "encryption_keys"}
+
+
+def _ours(name: str, servers: Servers, extra: Payload, about: str) -> Payload:
     layer = {
         "BACKEND": "channels_engines.EngineChannelLayer",
-        "CONFIG": {"ENGINE": "postgres", "dsn": servers.dsn, "capacity": CAPACITY},
+        "CONFIG": {"ENGINE": "postgres", "dsn": servers.dsn, "capacity": CAPACITY, **extra},
     }
     return _django(
-        OURS,
+        name,
         "postgres",
         layer,
         servers,
         apps=["channels_engines"],
         migrate=[("channels_engines", "default")],
-        about=f"ours: EngineChannelLayer, ENGINE=postgres (capacity={CAPACITY})",
+        about=about,
     )
 
 
@@ -120,7 +147,7 @@ def raw_redis(servers: Servers) -> Payload:
 
 def all_subjects(servers: Servers) -> list[Payload]:
     """Every subject, ours first."""
-    builders = (ours, channels_postgres, redis_core, redis_pubsub, raw_pg, raw_redis)
+    builders = (ours, ours_plain, channels_postgres, redis_core, redis_pubsub, raw_pg, raw_redis)
     return [build(servers) for build in builders]
 
 
@@ -155,7 +182,7 @@ def _django(
         "DATABASES": databases,
         "CHANNEL_LAYERS": {"default": layer},
         "USE_TZ": True,
-        "SECRET_KEY": "benchmarks-only",
+        "SECRET_KEY": SECRET_KEY,
     }
     return {
         "name": name,

@@ -9,7 +9,7 @@ from typing import Literal
 from benchmarks.scenarios.cell import Cell, Metrics, Payload
 
 Aggregate = Literal["median", "sum", "max"]
-Format = Literal["rate", "ms", "count", "pct", "mib"]
+Format = Literal["rate", "ms", "count", "pct", "mib", "x"]
 
 
 @dataclass(frozen=True)
@@ -47,3 +47,7 @@ class Scenario:
     ratios: tuple[Ratio, ...]
     run: Callable[[Cell], Metrics]
     unsupported: Callable[[Payload], str | None] = lambda _subject: None
+    #: Metric keys its chart shows (one bar each per subject); default: the first ratio's.
+    chart: tuple[str, ...] = ()
+    #: The chart's value axis label with its unit; default: the first charted column's header.
+    chart_axis: str = ""

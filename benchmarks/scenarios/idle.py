@@ -99,4 +99,6 @@ IDLE_500 = Scenario(
         Ratio("wake_ms", "ours ÷ subject (wake)", "lower"),
     ),
     run=run_idle,
+    chart=("wake_ms",),
+    chart_axis="time to wake all 500 (ms)",
 )

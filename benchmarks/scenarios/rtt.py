@@ -157,4 +157,5 @@ RTT = Scenario(
     ),
     ratios=(Ratio("p50_ms", "ours ÷ subject (p50)", "lower"),),
     run=run_rtt,
+    chart_axis="round trip p50 (ms)",
 )
