@@ -50,6 +50,8 @@ class Mailbox:
         self._lock = threading.Lock()
         self._buffers: dict[str, deque[_Item]] = {}
         self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
+        # Receivers woken for a buffered message that have not yet taken it.
+        self._promised: dict[str, set[asyncio.Future[None]]] = {}
         self._queued: Counter[str] = Counter()
         self._expired: set[str] = set()
 
@@ -98,11 +100,14 @@ class Mailbox:
                 await waiter
             except BaseException:
                 with self._lock:
+                    self._keep_promise(channel, waiter)
                     self._discard_waiter(channel, waiter)
                     # A wake-up this receiver was given but cannot use goes to the next one.
                     if self._buffers.get(channel):
                         self._wake_one(channel)
                 raise
+            with self._lock:
+                self._keep_promise(channel, waiter)
 
     # Inspection and maintenance ---------------------------------------------------
 
@@ -126,6 +131,14 @@ class Mailbox:
             if loop is None:
                 return len(waiters)
             return sum(1 for waiter in waiters if waiter.get_loop() is loop)
+
+    def unserved(self, channel: str) -> int:
+        """Receivers of ``channel`` that no buffered message will serve: waiting ones,
+        and woken ones that have not yet run, less the messages buffered for them."""
+        with self._lock:
+            waiting = len(self._waiters.get(channel, ())) + len(self._promised.get(channel, ()))
+            buffer = self._buffers.get(channel)
+            return waiting - (len(buffer) if buffer else 0)
 
     def buffered(self, channel: str) -> int:
         with self._lock:
@@ -186,11 +199,19 @@ class Mailbox:
             if self._queued[unit.queue] <= 0:
                 del self._queued[unit.queue]
 
+    def _keep_promise(self, channel: str, waiter: asyncio.Future[None]) -> None:
+        promised = self._promised.get(channel)
+        if promised is not None:
+            promised.discard(waiter)
+            if not promised:
+                del self._promised[channel]
+
     def _wake_one(self, channel: str) -> None:
         waiters = self._waiters.get(channel)
         while waiters:
             waiter = waiters.popleft()
             if _wake(waiter):
+                self._promised.setdefault(channel, set()).add(waiter)
                 break
         if waiters is not None and not waiters:
             del self._waiters[channel]

@@ -206,3 +206,27 @@ def test_put_skips_a_receiver_whose_loop_has_closed() -> None:
         return await asyncio.wait_for(receiver, 10)
 
     assert asyncio.run(scenario()) == b"live"
+
+
+def test_a_woken_receiver_that_has_not_run_yet_is_not_counted_twice() -> None:
+    """Claims of a shared queue take as many rows as receivers no buffered message will
+    serve: a receiver woken for a message it has not yet taken is served already, and
+    must not hide that the others still wait (their rows would wait for a safety claim)."""
+
+    async def scenario() -> None:
+        mailbox = Mailbox()
+        receivers = [asyncio.ensure_future(mailbox.get("work")) for _ in range(3)]
+        while mailbox.waiting_on("work") < 3:
+            await asyncio.sleep(0)
+        assert mailbox.unserved("work") == 3
+        mailbox.put(["work"], b"a", time.monotonic() + 60)
+        assert mailbox.unserved("work") == 2  # one woken, not yet run: served
+        mailbox.put(["work"], b"b", time.monotonic() + 60)
+        assert mailbox.unserved("work") == 1
+        done, _ = await asyncio.wait(receivers, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        assert done
+        mailbox.put(["work"], b"c", time.monotonic() + 60)
+        assert sorted(await asyncio.gather(*receivers)) == [b"a", b"b", b"c"]
+        assert mailbox.unserved("work") == 0
+
+    asyncio.run(scenario())

@@ -36,6 +36,7 @@ from ..events import Events
 from ..mailbox import Mailbox
 from ..validation import non_local_name, require_channel_name
 from .deadlines import QueryTimeout, end_backend, fetch, outcome_unknown, within
+from .notes import Notary, Note, RowReaper
 from .schema import Statements
 from .sending import ConnectionContext
 
@@ -59,10 +60,16 @@ class Inbox:
     lock: threading.Lock = field(default_factory=threading.Lock)
     claiming: set[str] = field(default_factory=set)
     claim_again: set[str] = field(default_factory=set)
+    #: Notes (None for a wake-up) that arrived while their queue was being claimed.
+    held: dict[str, list[Note | None]] = field(default_factory=dict)
     #: Own queues whose claim stopped because the mailbox held their capacity.
     backlog: set[str] = field(default_factory=set)
     #: (queue, sender) -> (latest sequence number delivered, when).
     seen: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)
+    #: Engines (event loops) of this process that flushed the layer and have not yet
+    #: heard their flush's notification: notes they read before it are of messages the
+    #: flush removed.
+    flushing: set[int] = field(default_factory=set)
     #: The latest flush epoch this process has seen (None: none yet).
     epoch: int | None = None
     last_warning: float = 0.0
@@ -76,19 +83,12 @@ class Inbox:
             self.claiming.add(queue)
             return True
 
-    def finish_claim(self, queue: str, *, again: bool) -> bool:
-        """True if the claim must run once more (more rows, or a wake-up meanwhile)."""
-        with self.lock:
-            if again or queue in self.claim_again:
-                self.claim_again.discard(queue)
-                return True
-            self.claiming.discard(queue)
-            return False
-
     def abandon_claim(self, queue: str) -> None:
+        """A claim failed: notes held for it are dropped, their rows stay for the next."""
         with self.lock:
             self.claiming.discard(queue)
             self.claim_again.discard(queue)
+            self.held.pop(queue, None)
 
     def apply_epoch(self, epoch: int) -> bool:
         """Note a flush epoch; drop what was claimed before it. False if ``epoch`` is older
@@ -139,13 +139,141 @@ class Delivery:
         self._abandoned: set[int] = set()
         # Sessions given up on idle in their transaction are ended by the server.
         self._idle_ms = str(max(1000, int(query_timeout * 2000)))
+        #: Reads notes (messages inside notifications); None when messages are not sealed.
+        self.notary: Notary | None = None
+        #: Deletes the rows of messages delivered from notes.
+        self.reaper: RowReaper | None = None
+        self._last_forgery_warning = 0.0
+
+    def take_notes(self, queue: str, identifier: str, texts: Sequence[str]) -> bool:
+        """Deliver the messages that these notifications for this process's own ``queue``
+        carry. True if the queue must be claimed: a notification only woke it.
+
+        While a claim of the queue runs, notes wait for it (a note must not overtake a
+        row the claim is taking) and are delivered when it ends. When the mailbox is
+        full, their rows stay in the table for a later claim.
+        """
+        notary = self.notary
+        notes: list[Note | None] = []  # None: a wake-up, its row needs a claim
+        forged = 0
+        for text in texts:
+            if not text or notary is None:
+                notes.append(None)
+                continue
+            note = notary.read(identifier, text)
+            if note is None or non_local_name(note.channel) != queue:
+                forged += 1
+                continue
+            notes.append(note)
+        if forged:
+            self._forgeries(queue, forged)
+        if not notes:
+            return False
+        inbox = self.inbox
+        with inbox.lock:
+            if queue in inbox.claiming:
+                held = inbox.held.setdefault(queue, [])
+                held.extend(notes)
+                if len(held) > self._capacity_for(queue):
+                    # More than fits: the claim runs again and takes their rows.
+                    inbox.held[queue] = [None]
+                return False
+            if None in notes or queue in inbox.backlog:
+                # Rows that only a claim can take come first; the notes' rows stay
+                # in the table, and the claim takes them in order.
+                return queue not in inbox.backlog
+            counts = self._deliver_notes(queue, notes)  # type: ignore[arg-type]
+        self._after_notes(*counts)
+        return False
+
+    def _deliver_notes(self, queue: str, notes: Sequence[Note]) -> tuple[Any, ...]:
+        """Put notes into the mailbox (with ``inbox.lock`` held); counts for
+        :meth:`_after_notes`."""
+        inbox = self.inbox
+        now, wall = time.monotonic(), time.time()
+        delivered: list[tuple[str, int, int]] = []
+        duplicates = expired = flushed = 0
+        if id(self) in inbox.flushing:
+            # Sent before this process's own flush, which deleted their rows.
+            return delivered, duplicates, expired, len(notes)
+        room = self._capacity_for(queue) - inbox.mailbox.count(queue)
+        items = []
+        for note in notes:
+            key = (queue, note.sender)
+            latest = inbox.seen.get(key)
+            if latest is not None and note.seq <= latest[0]:
+                duplicates += 1
+                continue
+            ttl = min(note.expires_at - wall, self._expiry)
+            if ttl <= 0:
+                expired += 1  # its row expires too, and is cleaned up
+                continue
+            if room <= 0:
+                # Full: the rest stay in the table until a receive makes room.
+                inbox.backlog.add(queue)
+                break
+            room -= 1
+            inbox.seen[key] = (note.seq, now)
+            items.append(([note.channel], note.payload, now + ttl))
+            delivered.append((queue, note.sender, note.seq))
+        inbox.mailbox.put_many(items)
+        return delivered, duplicates, expired, flushed
+
+    def _after_notes(
+        self, delivered: list[tuple[str, int, int]], duplicates: int, expired: int, flushed: int
+    ) -> None:
+        if self.reaper is not None:
+            self.reaper.add(delivered)
+        events = self._events()
+        events.count("receive.from_notification", len(delivered))
+        events.count("receive.duplicate", duplicates)
+        events.count("receive.expired", expired)
+        events.count("receive.flushed", flushed)
+
+    def _finish_claim(self, queue: str, *, again: bool) -> bool:
+        """End a round of a claim: True if it must run once more. Notes that arrived
+        meanwhile are delivered now, unless one only woke the queue (then the claim
+        runs again and takes their rows)."""
+        inbox = self.inbox
+        with inbox.lock:
+            if again or queue in inbox.claim_again:
+                inbox.claim_again.discard(queue)
+                return True
+            held = inbox.held.pop(queue, [])
+            if None in held:
+                return True
+            counts = self._deliver_notes(queue, held) if held else None  # type: ignore[arg-type]
+            inbox.claiming.discard(queue)
+        if counts is not None:
+            self._after_notes(*counts)
+        return False
+
+    def heard_flush(self) -> None:
+        """This engine's listener read a flush notification: notes after it are new."""
+        with self.inbox.lock:
+            self.inbox.flushing.discard(id(self))
+
+    def _forgeries(self, queue: str, count: int) -> None:
+        self._events().count("receive.forged_notification", count)
+        now = time.monotonic()
+        if now - self._last_forgery_warning >= _WARN_EVERY:
+            self._last_forgery_warning = now
+            logger.warning(
+                "Ignored %d notification(s) for queue %r that carry a message but do not "
+                "verify with this layer's keys. Either another database role sends "
+                "notifications on the layer's names, or processes of this layer do not "
+                "share SECRET_KEY or CONFIG['encryption_keys']. Nothing was delivered from "
+                "them (receive.forged_notification counts them).",
+                count,
+                queue,
+            )
 
     def wanted(self, queue: str) -> int:
         """How many rows of ``queue`` to claim now."""
         mailbox = self.inbox.mailbox
         if self._owns(queue):
             return min(_CLAIM_BATCH, self._capacity_for(queue) - mailbox.count(queue))
-        return mailbox.waiting_on(queue) - mailbox.buffered(queue)
+        return mailbox.unserved(queue)
 
     async def claim(self, queue: str, conn: Connection | None = None) -> None:
         """Claim rows of ``queue`` until nothing more is wanted; ``conn`` is the listener's
@@ -167,7 +295,7 @@ class Delivery:
                 # A full batch may have left more (for a shared queue: bad or duplicate
                 # rows may have taken the places of messages that receivers still wait for).
                 again = claimed == limit > 0 and (not own or limit == _CLAIM_BATCH)
-                if not inbox.finish_claim(queue, again=again):
+                if not self._finish_claim(queue, again=again):
                     return
         except BaseException:
             inbox.abandon_claim(queue)
@@ -194,14 +322,20 @@ class Delivery:
             timeout=self._query_timeout,
             what="reading the flush epoch",
         )
-        if rows:
-            with self.inbox.lock:
+        with self.inbox.lock:
+            # Whatever a flush of this process removed is gone from the table now.
+            self.inbox.flushing.discard(id(self))
+            if rows:
                 self.inbox.apply_epoch(int(rows[0][0]))
 
-    def flushed(self, epoch: int) -> None:
-        """This process flushed the layer, moving the epoch to ``epoch``."""
+    def flushed(self, epoch: int, *, notified: bool) -> None:
+        """This process flushed the layer, moving the epoch to ``epoch``; ``notified``
+        if the flush's notification was sent (it follows every note of a message that
+        the flush removed)."""
         with self.inbox.lock:
             self.inbox.apply_epoch(epoch)
+            if notified:
+                self.inbox.flushing.add(id(self))
 
     # Claiming ------------------------------------------------------------------------
 

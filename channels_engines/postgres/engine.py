@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +83,7 @@ class PostgresEngine(BaseChannelEngine):
     def __init__(self, config: EngineConfig, shared: Any, *, client_id: str) -> None:
         super().__init__(config, shared, client_id=client_id)
         from .delivery import Delivery
+        from .notes import RowReaper
         from .schema import listen_identifier
         from .sending import Writer
 
@@ -121,6 +122,28 @@ class PostgresEngine(BaseChannelEngine):
             query_timeout=options["query_timeout"],
             pool_timeout=options["pool_timeout"],
         )
+        self._delivery.reaper = RowReaper(
+            connection=self._connection,
+            statement=shared.statements.reap,
+            query_timeout=options["query_timeout"],
+            spawn=self._spawn,
+        )
+        self._message_keys: tuple[bytes, ...] = ()
+
+    @property
+    def message_keys(self) -> tuple[bytes, ...]:
+        """Keys of the layer's notes: with them, messages for process-specific channels
+        travel inside their notification (see :mod:`.notes`)."""
+        return self._message_keys
+
+    @message_keys.setter
+    def message_keys(self, keys: Sequence[bytes]) -> None:
+        from .notes import Notary
+
+        self._message_keys = tuple(keys)
+        notary = Notary(self._message_keys) if self._message_keys else None
+        self._writer.notary = notary
+        self._delivery.notary = notary
 
     # Channel layer operations ------------------------------------------------------
 
@@ -187,14 +210,22 @@ class PostgresEngine(BaseChannelEngine):
             )
             # Every listening process of this layer reads the new epoch and drops what it
             # had claimed before it; the notification itself carries nothing.
-            await fetch(
+            # Not when the notification queue is nearly full (see schema.NOTIFY_UNTIL):
+            # processes then learn the epoch at their next claim.
+            notified = await fetch(
                 conn,
-                "SELECT pg_notify(%s, '')",
+                statements.notify_flush,
                 [self._flush_identifier],
                 timeout=timeout,
                 what="flush()",
             )
-        self._delivery.flushed(int(rows[0][0]))
+        listener = self._listener
+        hears = (
+            bool(notified and notified[0][0])
+            and listener is not None
+            and self._flush_identifier in listener.listening
+        )
+        self._delivery.flushed(int(rows[0][0]), notified=hears)
 
     async def close(self) -> None:
         if self._closed:
@@ -207,6 +238,8 @@ class PostgresEngine(BaseChannelEngine):
         )
         await self._writer.close()
         self.shared.senders.give_back(self._writer.sender)
+        if self._delivery.reaper is not None:
+            await self._delivery.reaper.close()
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
@@ -322,15 +355,45 @@ class PostgresEngine(BaseChannelEngine):
                 what="a notification",
             )
 
-    async def _on_wake(self, conn: AsyncConnection[tuple[Any, ...]], identifiers: set[str]) -> None:
-        """Claim, on the listener's connection, the queues these notifications name."""
-        if self._flush_identifier in identifiers:
+    async def _on_wake(
+        self, conn: AsyncConnection[tuple[Any, ...]], notifications: Sequence[tuple[str, str]]
+    ) -> None:
+        """Deliver the messages these notifications carry; claim, on the listener's
+        connection, the queues they only wake. ``notifications`` are (identifier,
+        payload) in the order the server sent them."""
+        delivery = self._delivery
+        flush = False
+        texts: dict[str, list[str]] = {}
+        for identifier, payload in notifications:
+            if identifier == self._flush_identifier:
+                # Notes before it were read under the old epoch; those of this process's
+                # own flush are of messages it removed.
+                self._take_notes(texts, wake=set())
+                texts.clear()
+                delivery.heard_flush()
+                flush = True
+            elif identifier in self._watched:
+                texts.setdefault(identifier, []).append(payload)
+        wake: set[str] = set()
+        self._take_notes(texts, wake)
+        if flush:
             # Anyone may notify: what a flush changed is read from the table.
-            await self._delivery.read_epoch(conn)
-        for identifier in identifiers:
+            await delivery.read_epoch(conn)
+        for identifier in wake:
             queue = self._watched.get(identifier)
             if queue is not None and not self._closed and self.shared.inbox.start_claim(queue):
-                await self._delivery.claim(queue, conn)
+                await delivery.claim(queue, conn)
+
+    def _take_notes(self, texts: dict[str, list[str]], wake: set[str]) -> None:
+        """Deliver notes of own queues; add to ``wake`` the identifiers to claim."""
+        for identifier, payloads in texts.items():
+            queue = self._watched.get(identifier)
+            if queue is None:
+                continue
+            if not self.owns(queue):
+                wake.add(identifier)  # a normal channel: its receivers claim
+            elif self._delivery.take_notes(queue, identifier, payloads):
+                wake.add(identifier)
 
     def _on_listening(self, identifiers: Iterable[str]) -> None:
         """Claim what arrived before (or while) these identifiers were LISTENed."""

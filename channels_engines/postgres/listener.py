@@ -53,7 +53,7 @@ class Listener:
         connect: Connect,
         control: str,
         poke: Callable[[str, str], Awaitable[None]],
-        on_wake: Callable[[Connection, set[str]], Awaitable[None]],
+        on_wake: Callable[[Connection, list[tuple[str, str]]], Awaitable[None]],
         on_listening: Callable[[Iterable[str]], None],
         on_connect: Callable[[Connection], Awaitable[None]],
         heartbeat: float,
@@ -238,7 +238,7 @@ class Listener:
         expected = f"check:{secrets.token_hex(8)}"
         await self._poke(self._control, expected)
         deadline = time.monotonic() + self._check_timeout
-        woken: set[str] = set()
+        woken: list[tuple[str, str]] = []
         try:
             while True:
                 remaining = deadline - time.monotonic()
@@ -254,9 +254,9 @@ class Listener:
                 async for note in conn.notifies(timeout=remaining, stop_after=1):
                     if note.channel == self._control and note.payload == expected:
                         return
-                    woken.add(note.channel)
+                    if note.channel != self._control:
+                        woken.append((note.channel, note.payload))
         finally:
-            woken.discard(self._control)
             if woken:
                 await self._on_wake(conn, woken)
 
@@ -273,13 +273,16 @@ class Listener:
                 self._on_listening(pending)
             if self._unwanted:
                 await self._unlisten(conn)
-            woken: set[str] = set()
+            woken: list[tuple[str, str]] = []
+            heard = False
             # stop_after=1 ends the wait after one packet of notifications, all of it
-            # delivered: nothing is dropped by leaving the stream.
+            # delivered: nothing is dropped by leaving the stream. They are handed on in
+            # the order the server sent them (the order their transactions committed).
             async for note in conn.notifies(timeout=self._heartbeat, stop_after=1):
-                woken.add(note.channel)
-            if woken:
-                woken.discard(self._control)
+                heard = True
+                if note.channel != self._control:
+                    woken.append((note.channel, note.payload))
+            if heard:
                 if woken:
                     await self._on_wake(conn, woken)
                 continue
