@@ -120,7 +120,7 @@ class Delivery:
         owns: Callable[[str], bool],
         capacity_for: Callable[[str], int],
         events: Callable[[], Events],
-        expiry: float,
+        expiry: Callable[[], float],
         max_message_size: int,
         query_timeout: float,
         pool_timeout: float,
@@ -206,7 +206,7 @@ class Delivery:
             if latest is not None and note.seq <= latest[0]:
                 duplicates += 1
                 continue
-            ttl = min(note.expires_at - wall, self._expiry)
+            ttl = min(note.expires_at - wall, self._expiry())
             if ttl <= 0:
                 expired += 1  # its row expires too, and is cleaned up
                 continue
@@ -461,7 +461,7 @@ class Delivery:
                         duplicates += 1
                         continue
                     inbox.seen[key] = (int(seq), now)
-                expires_at = now + min(float(ttl), self._expiry)
+                expires_at = now + min(float(ttl), self._expiry())
                 items.append((channels, bytes(payload), expires_at))
             inbox.mailbox.put_many(items)
         events.count("receive.invalid_row", invalid)
