@@ -84,7 +84,7 @@ def test_messages_for_a_process_arrive_in_their_notification_and_rows_are_reaped
         assert [m["n"] for m in got] == list(range(200))
         assert engine_of(receiver)._delivery.from_notes - before == 200
         await await_for(lambda: rows(admin, prefix) == 0, "delivered rows deleted")
-        assert engine_of(receiver)._delivery.reaper.deleted >= 200
+        assert engine_of(receiver)._delivery.reaped >= 200
         await sender.close()
         await receiver.close()
 
