@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
+from typing import NoReturn
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -99,6 +100,8 @@ class Sealer:
 
     @staticmethod
     def _cipher(secret: Secret) -> tuple[AESGCM, bytes]:
+        """The cipher of ``secret`` and its key id. The key is derived twice rather than
+        kept in a local variable, which an error tracker would record."""
         return (
             AESGCM(_derive(secret, _MESSAGE_PURPOSE)),
             hashlib.sha256(
@@ -109,7 +112,7 @@ class Sealer:
     def __repr__(self) -> str:
         return f"<Sealer AES-256-GCM, {len(getattr(self, '_keys', ()))} keys>"
 
-    def __reduce_ex__(self, protocol: object) -> None:  # type: ignore[override]
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
         raise TypeError("a Sealer cannot be pickled: a pickle would hold its keys")
 
     @property

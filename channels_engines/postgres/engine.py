@@ -83,7 +83,6 @@ class PostgresEngine(BaseChannelEngine):
     def __init__(self, config: EngineConfig, shared: Any, *, client_id: str) -> None:
         super().__init__(config, shared, client_id=client_id)
         from .delivery import Delivery
-        from .notes import RowReaper
         from .schema import listen_identifier
         from .sending import Writer
 
@@ -106,7 +105,7 @@ class PostgresEngine(BaseChannelEngine):
             connection=self._connection,
             statements=shared.statements,
             sender=shared.senders.lease(),
-            expiry=config.expiry,
+            expiry=lambda: self.config.expiry,
             query_timeout=options["query_timeout"],
             deadline=options["pool_timeout"],
         )
@@ -115,18 +114,12 @@ class PostgresEngine(BaseChannelEngine):
             statements=shared.statements,
             connection=self._connection,
             owns=self.owns,
-            capacity_for=config.capacity_for,
+            capacity_for=lambda channel: self.config.capacity_for(channel),
             events=lambda: self.events,
-            expiry=config.expiry,
+            expiry=lambda: self.config.expiry,
             max_message_size=config.max_message_size,
             query_timeout=options["query_timeout"],
             pool_timeout=options["pool_timeout"],
-        )
-        self._delivery.reaper = RowReaper(
-            connection=self._connection,
-            statement=shared.statements.reap,
-            query_timeout=options["query_timeout"],
-            spawn=self._spawn,
         )
         self._message_keys: tuple[bytes, ...] = ()
 
@@ -238,8 +231,6 @@ class PostgresEngine(BaseChannelEngine):
         )
         await self._writer.close()
         self.shared.senders.give_back(self._writer.sender)
-        if self._delivery.reaper is not None:
-            await self._delivery.reaper.close()
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
@@ -383,6 +374,7 @@ class PostgresEngine(BaseChannelEngine):
             queue = self._watched.get(identifier)
             if queue is not None and not self._closed and self.shared.inbox.start_claim(queue):
                 await delivery.claim(queue, conn)
+        await delivery.reap(conn)
 
     def _take_notes(self, texts: dict[str, list[str]], wake: set[str]) -> None:
         """Deliver notes of own queues; add to ``wake`` the identifiers to claim."""

@@ -165,6 +165,10 @@ class Listener:
             try:
                 self._conn = await self._connect()
                 await self._listen(self._wanted)
+                # What arrived while nothing listened is claimed from here on: the
+                # claims start before any notification is read, so that a message
+                # carried by a notification never overtakes an older row.
+                self._on_listening(self._listened)
                 if not self._ready.done():
                     await self._check_delivery()
                     self._ready.set_result(None)
@@ -179,7 +183,6 @@ class Listener:
                 failing_since, attempt = None, 0
                 # What changed while no notification could reach this connection.
                 await self._on_connect(self._conn)
-                self._on_listening(self._listened)
                 await self._serve()
             except asyncio.CancelledError:
                 raise
@@ -251,11 +254,16 @@ class Listener:
                         "cannot LISTEN. Point CONFIG['listen_dsn'] (or 'listen_connection') at "
                         "the primary server directly."
                     )
+                heard = False
+                # The whole packet is read, even past the check: leaving the stream
+                # early would drop the notifications that came with it.
                 async for note in conn.notifies(timeout=remaining, stop_after=1):
                     if note.channel == self._control and note.payload == expected:
-                        return
-                    if note.channel != self._control:
+                        heard = True
+                    elif note.channel != self._control:
                         woken.append((note.channel, note.payload))
+                if heard:
+                    return
         finally:
             if woken:
                 await self._on_wake(conn, woken)

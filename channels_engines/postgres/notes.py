@@ -17,21 +17,15 @@ replayed once its receiver has forgotten the sender.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from .deadlines import fetch
-from .sending import ConnectionContext
-
-__all__ = ["MAX_NOTE", "Notary", "Note", "RowReaper"]
+__all__ = ["MAX_NOTE", "Notary", "Note"]
 
 logger = logging.getLogger("channels_engines.postgres")
 
@@ -113,69 +107,3 @@ class Notary:
         mac.update(f"{_VERSION}|{identifier}|{channel}|{sender}|{seq}|{expires_ms}|".encode())
         mac.update(payload)
         return base64.urlsafe_b64encode(mac.digest()[:24]).decode("ascii")
-
-
-class RowReaper:
-    """Deletes, in batches, the rows whose messages were delivered from their notes.
-
-    One batch at a time, on a pooled connection, in a task of its own: delivery never
-    waits for it. A batch that fails leaves its rows in the table, where the next claim
-    of their queue takes them and drops them as already delivered.
-    """
-
-    def __init__(
-        self,
-        *,
-        connection: ConnectionContext,
-        statement: str,
-        query_timeout: float,
-        spawn: Callable[[Any], asyncio.Task[Any]],
-    ) -> None:
-        self._connection = connection
-        self._statement = statement
-        self._query_timeout = query_timeout
-        self._spawn = spawn
-        self._pending: list[tuple[str, int, int]] = []
-        self._task: asyncio.Task[None] | None = None
-        #: Rows deleted, and batches run (for tests and stats).
-        self.deleted = 0
-        self.batches = 0
-
-    def add(self, rows: Sequence[tuple[str, int, int]]) -> None:
-        """Delete these (queue, sender, seq) rows soon."""
-        if not rows:
-            return
-        self._pending.extend(rows)
-        if self._task is None:
-            self._task = self._spawn(self._run())
-
-    async def close(self) -> None:
-        task = self._task
-        if task is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(task), self._query_timeout)
-
-    async def _run(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending[:1000], self._pending[1000:]
-                try:
-                    async with self._connection(self._query_timeout) as conn:
-                        rows = await fetch(
-                            conn,
-                            self._statement,
-                            {
-                                "queues": [queue for queue, _, _ in batch],
-                                "senders": [sender for _, sender, _ in batch],
-                                "seqs": [seq for _, _, seq in batch],
-                            },
-                            timeout=self._query_timeout,
-                            what="deleting delivered rows",
-                        )
-                except Exception as exc:  # the next claim of each queue takes them
-                    logger.debug("Deleting %d delivered rows failed: %s", len(batch), exc)
-                    continue
-                self.batches += 1
-                self.deleted += int(rows[0][0]) if rows else 0
-        finally:
-            self._task = None

@@ -454,7 +454,13 @@ class Statements:
         # sends and claims slow down sixfold within 30,000 messages. The listener
         # connection is always a session of its own (never a transaction-mode pooler),
         # so the setting stays on it.
-        self.listener_session = "SET enable_bitmapscan = off"
+        # The same goes for the deletion of rows whose messages came in their
+        # notifications, which the planner would otherwise do by sequential scan of a
+        # table it believes nearly empty, leaving every index entry in place.
+        self.listener_session = (
+            "SELECT set_config('enable_bitmapscan', 'off', false),"
+            " set_config('enable_seqscan', 'off', false)"
+        )
         # Flush empties the tables and moves the epoch on; every process drops what it
         # claimed before that epoch when it sees it (in a claim, or told by a NOTIFY).
         self.flush = [

@@ -143,7 +143,7 @@ class Writer:
         connection: ConnectionContext,
         statements: Statements,
         sender: Sender,
-        expiry: float,
+        expiry: Callable[[], float],
         query_timeout: float,
         deadline: float,
     ) -> None:
@@ -266,7 +266,7 @@ class Writer:
             else:
                 results.update((call, None) for call in memberships)
         if messages:
-            expires_at = time.time() + self._expiry
+            expires_at = time.time() + self._expiry()
             for message in messages:
                 message.seq = self.sender.take()
                 if self.notary is not None and message.queue not in (None, message.target):
@@ -345,7 +345,7 @@ class Writer:
                     "payload": first.payload,
                     "capacity": first.capacity,
                     "listen": first.listen,
-                    "expiry": self._expiry,
+                    "expiry": self._expiry(),
                     "sender": self.sender.id,
                     "seq": first.seq,
                     "note": first.note,
@@ -365,7 +365,7 @@ class Writer:
                 "payloads": [call.payload for call in calls],
                 "seqs": [call.seq for call in calls],
                 "notes": [call.note for call in calls],
-                "expiry": self._expiry,
+                "expiry": self._expiry(),
                 "sender": self.sender.id,
             },
             timeout=timeout,
