@@ -258,7 +258,7 @@ async def exchange(layer: Any, job: dict[str, Any]) -> None:
     assert line == "stop", line
     stop.set()
     await asyncio.gather(*senders)
-    cache = layer._engines[loop].shared.connection.credentials
+    cache = layer._engines[loop].shared.login.credentials
     emit(
         "sent",
         streams=streams,

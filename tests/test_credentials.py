@@ -1019,9 +1019,9 @@ def test_subscribers_hear_of_changes_only(clock: Clock) -> None:
 
 
 def settings_with(dsn: str, provider: CredentialProvider) -> Any:
-    from channels_engines.postgres.connection import ConnectionSettings
+    from channels_engines.postgres.connection import Login
 
-    return ConnectionSettings({"dsn": dsn, "credentials": provider}, WHERE)
+    return Login({"dsn": dsn, "credentials": provider}, WHERE)
 
 
 @pytest.mark.postgres

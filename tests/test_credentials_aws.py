@@ -308,7 +308,7 @@ def test_the_engine_logs_in_with_the_token_and_gets_a_new_one_when_refused(
         assert await asyncio.wait_for(layer.receive(channel), 10) == {"n": 1}
         assert set(users_of(pg, app)) == {role}
         engine = layer._engines[asyncio.get_running_loop()]
-        cache = engine.shared.connection.credentials
+        cache = engine.shared.login.credentials
         assert cache.current.password == Secret(stand_in.accepted[-1])
         assert len(stand_in.accepted) == cache.fetches == 1
 

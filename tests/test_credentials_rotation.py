@@ -48,7 +48,7 @@ from channels_engines import EngineChannelLayer
 from channels_engines.credentials import CredentialsError, Secret
 from channels_engines.embedded import EmbeddedPostgres
 from channels_engines.exceptions import InvalidConfigError
-from channels_engines.postgres.connection import ConnectionSettings
+from channels_engines.postgres.connection import Login
 from channels_engines.postgres.schema import Tables
 from tests import rotation_peer
 from tests.pgtools import (
@@ -789,7 +789,7 @@ def test_a_file_secret_is_picked_up_and_never_used_half_written(
             channel = await layer.new_channel()
             await layer.send(channel, {"n": -1})
             assert await asyncio.wait_for(layer.receive(channel), 10) == {"n": -1}
-            cache = engine_of(layer).shared.connection.credentials
+            cache = engine_of(layer).shared.login.credentials
             with Admin(cluster.admin_dsn) as admin:
                 before = set(admin.backends(app)) | set(admin.backends(app + "_l"))
             stop = asyncio.Event()
@@ -873,8 +873,8 @@ def test_the_postgres_engine_accepts_a_credentials_key(
     assert layer.config.options["credentials"]["provider"] == Secret("static")
 
 
-def settings_for(target: str, credentials: Any) -> ConnectionSettings:
-    return ConnectionSettings({"dsn": target, "credentials": credentials}, where="test")
+def settings_for(target: str, credentials: Any) -> Login:
+    return Login({"dsn": target, "credentials": credentials}, where="test")
 
 
 def test_a_connection_failure_that_is_not_a_refused_login_keeps_the_cached_credentials(
@@ -1177,7 +1177,7 @@ def provoke_disclosures(
             await layer.send(channel, {"n": 1})
             assert await asyncio.wait_for(layer.receive(channel), 10) == {"n": 1}
             engine = engine_of(layer)
-            cache = engine.shared.connection.credentials
+            cache = engine.shared.login.credentials
             found.texts.update(
                 {
                     "repr(layer)": repr(layer),
@@ -1188,7 +1188,7 @@ def provoke_disclosures(
                     "repr(password)": repr(cache.current.password),
                     "repr(connection_params)": repr(cache.current.connection_params()),
                     "repr(cache)": repr(cache),
-                    "repr(connection settings)": repr(engine.shared.connection),
+                    "repr(login)": repr(engine.shared.login),
                     "repr(pool)": repr(engine._pool),
                     "repr(listener)": repr(engine._listener),
                     "pool stats": repr(engine._pool.stats),

@@ -243,7 +243,7 @@ def refusal_passes(
         try:
             await layer.send("refusal.warm", {"n": 0})
             engine = engine_of(layer)
-            cache = engine.shared.connection.credentials
+            cache = engine.shared.login.credentials
             before = cache.current
             await engine._pool.drain()  # the next send opens a connection
             await asyncio.to_thread(impose)
@@ -371,7 +371,7 @@ def test_a_missing_database_fails_at_once_and_keeps_the_credentials(login: Login
         try:
             await layer.send("refusal.warm", {"n": 0})
             engine = engine_of(layer)
-            cache = engine.shared.connection.credentials
+            cache = engine.shared.login.credentials
             before = cache.current
             await engine._pool.drain()
             await asyncio.to_thread(login.admin, "DROP DATABASE {database} WITH (FORCE)")

@@ -426,10 +426,10 @@ def test_a_working_layer_holds_the_password_only_in_secrets(
                 layer=repr(layer),
                 config=repr(layer.config),
                 engine=repr(engine),
-                connection_settings=repr(shared.connection),
-                credential_cache=repr(shared.connection.credentials),
+                login=repr(shared.login),
+                credential_cache=repr(shared.login.credentials),
             )
-            cache = shared.connection.credentials
+            cache = shared.login.credentials
             if cache is not None:
                 texts.update(
                     provider=repr(cache.provider),
