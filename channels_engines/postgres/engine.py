@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .listener import Listener
     from .maintenance import Maintenance
     from .pool import ConnectionPool, IdleHandoff
-    from .schema import Statements
+    from .schema import Statements, TablesAtFirstUse
     from .sending import Senders, Writer
 
 __all__ = ["PostgresEngine"]
@@ -66,14 +66,21 @@ class PostgresEngine(BaseChannelEngine):
         from .connection import Login
         from .delivery import Inbox
         from .pool import IdleHandoff
-        from .schema import Statements, Tables
+        from .schema import Statements, Tables, TablesAtFirstUse
         from .sending import Senders
 
         options = config.options
         tables = Tables(options["schema"], options["table_prefix"], options["unlogged"])
+        statements = Statements(tables)
         return _Shared(
             login=Login(options, config.where),
-            statements=Statements(tables),
+            statements=statements,
+            tables=TablesAtFirstUse(
+                statements,
+                create=options["create_tables"],
+                where=config.where,
+                timeout=options["pool_timeout"],
+            ),
             namespace=tables.namespace,
             handoff=IdleHandoff(options["pool_max_size"]),
             inbox=Inbox(),
@@ -410,7 +417,6 @@ class PostgresEngine(BaseChannelEngine):
             if self._pool is None:
                 from .maintenance import Maintenance
                 from .pool import ConnectionPool
-                from .schema import ensure_tables
 
                 options = self._options
                 pool = ConnectionPool(
@@ -424,16 +430,9 @@ class PostgresEngine(BaseChannelEngine):
                     tag=self.shared.login.tag,
                 )
                 try:
-                    if not self.shared.tables_ready:
+                    if not self.shared.tables.ready:
                         async with pool.connection() as conn:
-                            await ensure_tables(
-                                conn,
-                                self.shared.statements,
-                                create=options["create_tables"],
-                                where=self.config.where,
-                                timeout=options["pool_timeout"],
-                            )
-                        self.shared.tables_ready = True
+                            await self.shared.tables.ensure(conn)
                 except BaseException:
                     await pool.close()
                     raise
@@ -502,12 +501,13 @@ class _Shared:
 
     login: Login
     statements: Statements
+    #: Created or checked by the first connection of any loop.
+    tables: TablesAtFirstUse
     namespace: str
     #: Idle pool connections passed from a closing event loop to the next one.
     handoff: IdleHandoff
     inbox: Inbox
     senders: Senders
-    tables_ready: bool = False
 
     @property
     def mailbox(self) -> Mailbox:
