@@ -46,7 +46,6 @@ from channels_engines.credentials.builtin import (
     DjangoProvider,
     EnvProvider,
     FileProvider,
-    NotPostgreSQL,
     StaticProvider,
 )
 from tests.pg_backend import base as counting_backend
@@ -609,17 +608,14 @@ def test_django_asks_the_aliases_own_backend_every_time() -> None:
     assert SENTINEL not in repr(first)
 
 
-def test_django_refuses_an_alias_that_is_not_postgresql() -> None:
+def test_django_reads_any_alias_an_engine_does_not_refuse() -> None:
+    """The provider itself is not tied to a database vendor: the engine that uses it
+    decides (the postgres engine refuses other backends, see test_postgres_connection)."""
     with database_alias(
         "ce_cred_sqlite", {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
     ):
-        provider = DjangoProvider(alias="ce_cred_sqlite")
-        with pytest.raises(NotPostgreSQL) as raised:
-            provider.get_credentials()
-    assert str(raised.value) == (
-        "DATABASES['ce_cred_sqlite'] uses the backend 'django.db.backends.sqlite3', which is "
-        "not PostgreSQL"
-    )
+        credentials = DjangoProvider(alias="ce_cred_sqlite").get_credentials()
+    assert credentials.password is None
 
 
 # callable ----------------------------------------------------------------------------------

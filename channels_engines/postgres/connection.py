@@ -25,12 +25,12 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from ..credentials import CredentialCache, Credentials, resolve_provider
-from ..credentials.builtin import DjangoProvider, NotPostgreSQL
+from ..credentials import CredentialCache, Credentials, CredentialsError, resolve_provider
+from ..credentials.builtin import DjangoProvider
 from ..exceptions import InvalidConfigError
 from ..redaction import HiddenSettings, Secret, plain
 
-__all__ = ["Failure", "Login", "classify"]
+__all__ = ["Failure", "Login", "NotPostgreSQL", "classify"]
 
 logger = logging.getLogger("channels_engines.postgres")
 
@@ -75,10 +75,13 @@ class Login:
         if self.database is not None:
             self._check_alias(self.database)
             self._alias = DjangoProvider(alias=self.database)
+            self._alias.check_backend = _require_postgresql
         self.credentials: CredentialCache | None = None
         if settings.get("credentials") is not None:
             self._refuse_static_login(settings)
             provider = resolve_provider(settings["credentials"], where=where)
+            if isinstance(provider, DjangoProvider):
+                provider.check_backend = _require_postgresql
             self.credentials = CredentialCache(provider, describe=repr(provider))
             self.credentials.set_verifier(self.probe)
         self._refresh_failing = False
@@ -265,6 +268,23 @@ class Login:
         if self._static is not None:
             return _describe(self._static)
         return f"DATABASES[{self.database!r}]"
+
+
+class NotPostgreSQL(CredentialsError):
+    """The DATABASES alias does not use a PostgreSQL backend."""
+
+    def __init__(self, alias: str, backend: str) -> None:
+        super().__init__(
+            f"DATABASES[{alias!r}] uses the backend {backend!r}, which is not PostgreSQL"
+        )
+        self.alias = alias
+        self.backend = backend
+
+
+def _require_postgresql(alias: str, wrapper: Any) -> None:
+    """The check this engine gives ``django`` credential providers: a PostgreSQL alias."""
+    if wrapper.vendor != "postgresql":
+        raise NotPostgreSQL(alias, str(wrapper.settings_dict.get("ENGINE")))
 
 
 # TCP keepalives, unless the settings choose their own: a peer that vanished without a
