@@ -22,8 +22,8 @@ from typing import Any
 from channels.exceptions import ChannelFull, MessageTooLarge
 from channels.layers import BaseChannelLayer
 
-from .engine import BaseChannelEngine, EngineConfig
-from .engines import engines
+from .contract import BaseChannelEngine, EngineConfig
+from .engine_registry import engines
 from .events import Events
 from .exceptions import EngineUnavailableError, InvalidEngineError
 from .loops import call_before_close, cancel_before_close

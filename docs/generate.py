@@ -95,7 +95,7 @@ def render(spec: str, page: Path) -> str:
 
         return options_table(LAYER_OPTIONS)
     if kind == "engine-options" and len(args) == 1:
-        from channels_engines.engines import engines
+        from channels_engines.engine_registry import engines
 
         engine = engines.load(args[0], where="docs")
         if not engine.options:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from channels.exceptions import ChannelFull
 
 from .._version import __version__
-from ..engine import BaseChannelEngine, EngineConfig
+from ..contract import BaseChannelEngine, EngineConfig
 from ..exceptions import ChannelLayerClosed
 from ..loops import closing
 from ..mailbox import Mailbox
