@@ -8,10 +8,8 @@ running event loop, closed just before that loop closes.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
 import os
-import re
 import secrets
 import threading
 import time
@@ -25,15 +23,17 @@ from channels.layers import BaseChannelLayer
 from .contract import BaseChannelEngine, EngineConfig
 from .engine_registry import engines
 from .events import Events
-from .exceptions import EngineUnavailableError, InvalidEngineError
-from .loops import call_before_close, cancel_before_close
-from .options import (
-    CAPACITY_PATTERNS,
-    MAX_CAPACITY,
-    Option,
-    check_capacity_patterns,
-    validate_options,
+from .exceptions import InvalidEngineError
+from .layer_options import (
+    LAYER_OPTIONS,
+    MAX_EXPIRY,
+    MAX_GROUP_EXPIRY,
+    MAX_MESSAGE_SIZE,
+    compile_capacities,
+    require_available,
 )
+from .loops import call_before_close, cancel_before_close
+from .options import validate_options
 from .redaction import HiddenSettings
 from .serialization import UndecodableMessage, decode, encode
 from .settings import LAYER_BACKEND
@@ -56,61 +56,6 @@ logger = logging.getLogger("channels_engines")
 # Seconds between two warnings about undecodable messages of one layer.
 _UNDECODABLE_WARNING_INTERVAL = 60.0
 
-
-#: The longest ``expiry``: a day. A message unread for that long has no reader left, and
-#: until it expires it counts against its channel's capacity.
-MAX_EXPIRY = 86400
-
-#: The longest ``group_expiry``: ten years (0 or None: never). Far below where
-#: ``now() + interval`` leaves PostgreSQL's range and where a float stops counting
-#: microseconds exactly (about 285 years).
-MAX_GROUP_EXPIRY = 10 * 365 * 86400
-
-#: The largest ``max_message_size``: 256 MiB, well within PostgreSQL's 1 GB for one value,
-#: with room for the copies a message passes through on its way there.
-MAX_MESSAGE_SIZE = 256 * 1024 * 1024
-
-#: CONFIG keys the layer handles for every engine.
-LAYER_OPTIONS: Mapping[str, Option] = {
-    "expiry": Option(
-        (float,),
-        60,
-        "Seconds a message may wait unread before it is dropped.",
-        above=0,
-        maximum=MAX_EXPIRY,
-    ),
-    "group_expiry": Option(
-        (float,),
-        86400,
-        "Seconds a group membership lasts after its latest group_add(); 0 or None "
-        "means memberships never expire.",
-        minimum=0,
-        maximum=MAX_GROUP_EXPIRY,
-        nullable=True,
-    ),
-    "capacity": Option(
-        (int,),
-        100,
-        "Messages a channel may hold before send() raises ChannelFull.",
-        minimum=1,
-        maximum=MAX_CAPACITY,
-    ),
-    "channel_capacity": Option(
-        (dict,),
-        {},
-        "Capacity per channel name: glob strings or compiled regexes to integers, "
-        "first match wins, matched against the non-local part of process-specific names.",
-        check=check_capacity_patterns,
-        describe_as=CAPACITY_PATTERNS,
-    ),
-    "max_message_size": Option(
-        (int,),
-        2 * 1024 * 1024,
-        "Largest encoded message in bytes; larger ones raise MessageTooLarge.",
-        minimum=1024,
-        maximum=MAX_MESSAGE_SIZE,
-    ),
-}
 
 _ALL_LAYERS: weakref.WeakSet[EngineChannelLayer] = weakref.WeakSet()
 
@@ -137,7 +82,7 @@ class EngineChannelLayer(BaseChannelLayer):
         engine_value = given["ENGINE"]
         engine_class = engines.load(engine_value, where=where)
         self.engine_name = engine_value if isinstance(engine_value, str) else engine_class.__name__
-        _require_available(engine_class, self.engine_name, where)
+        require_available(engine_class, self.engine_name, where)
         owner = f"ENGINE {self.engine_name!r}"
         overlap = set(engine_class.options) & set(LAYER_OPTIONS)
         if overlap:
@@ -165,7 +110,7 @@ class EngineChannelLayer(BaseChannelLayer):
             expiry=float(layer_values["expiry"]),
             group_expiry=float(self.group_expiry) if self.group_expiry else None,
             capacity=layer_values["capacity"],
-            channel_capacity=tuple(_compile_capacities(self.channel_capacity)),
+            channel_capacity=tuple(compile_capacities(self.channel_capacity)),
             max_message_size=layer_values["max_message_size"],
             options=values,
         )
@@ -331,27 +276,6 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _require_available(engine_class: type[BaseChannelEngine], name: str, where: str) -> None:
-    missing = engine_class.missing_requirements()
-    if missing:
-        packages = ", ".join(requirement.package for requirement in missing)
-        hints = " and ".join(dict.fromkeys(requirement.install_hint() for requirement in missing))
-        raise EngineUnavailableError(
-            f"{where}: ENGINE {name!r} needs {packages}, which is not installed. "
-            f"Install it with: {hints}"
-        )
-
-
-def _compile_capacities(patterns: Mapping[Any, int]) -> list[tuple[re.Pattern[str], int]]:
-    compiled = []
-    for pattern, capacity in patterns.items():
-        regex = (
-            pattern if isinstance(pattern, re.Pattern) else re.compile(fnmatch.translate(pattern))
-        )
-        compiled.append((regex, capacity))
-    return compiled
 
 
 def _find_alias(config: HiddenSettings, layer_class: type) -> str | None:
