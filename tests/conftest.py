@@ -19,7 +19,7 @@ def _test_dsn() -> str:
     dsn = os.environ.get("CHANNELS_ENGINES_TEST_DSN", "").strip()
     if dsn and dsn != "embedded":
         return dsn
-    from channels_engines.embedded import EmbeddedPostgres
+    from channels_engines.postgres.embedded import EmbeddedPostgres
 
     server = EmbeddedPostgres().start()
     server.create_database("channels_engines_test")

@@ -25,7 +25,7 @@ from psycopg import sql
 from channels_engines import Credentials, EngineChannelLayer, InvalidConfigError
 from channels_engines.credentials import CredentialCache, CredentialsError, Secret, resolve_provider
 from channels_engines.credentials.aws import AwsRdsIamProvider
-from channels_engines.embedded import EmbeddedPostgres
+from channels_engines.postgres.embedded import EmbeddedPostgres
 from tests.standins import (
     AppTables,
     RdsStandIn,

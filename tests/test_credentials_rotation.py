@@ -46,9 +46,9 @@ from psycopg import sql
 
 from channels_engines import EngineChannelLayer
 from channels_engines.credentials import CredentialsError, Secret
-from channels_engines.embedded import EmbeddedPostgres
 from channels_engines.exceptions import InvalidConfigError
 from channels_engines.postgres.connection import Login
+from channels_engines.postgres.embedded import EmbeddedPostgres
 from channels_engines.postgres.schema import Tables
 from tests import rotation_peer
 from tests.pgtools import (

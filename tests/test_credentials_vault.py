@@ -19,7 +19,7 @@ import pytest
 from channels_engines import EngineChannelLayer, InvalidConfigError
 from channels_engines.credentials import CredentialsError, Secret, resolve_provider
 from channels_engines.credentials.vault import VaultProvider
-from channels_engines.embedded import EmbeddedPostgres
+from channels_engines.postgres.embedded import EmbeddedPostgres
 from tests.polling import await_for
 from tests.standins import (
     AppTables,

@@ -23,8 +23,8 @@ import pytest
 from psycopg import sql
 
 from channels_engines import CredentialProvider, Credentials, EngineChannelLayer
-from channels_engines.embedded import EmbeddedPostgres
 from channels_engines.postgres.connection import Failure, Login, NotPostgreSQL, classify
+from channels_engines.postgres.embedded import EmbeddedPostgres
 from tests.pgtools import database_alias, engine_of, run, unique
 
 pytestmark = [pytest.mark.postgres, pytest.mark.own_server]

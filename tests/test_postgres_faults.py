@@ -27,7 +27,7 @@ import psycopg
 import pytest
 
 from channels_engines import EngineChannelLayer
-from channels_engines.embedded import EmbeddedPostgres
+from channels_engines.postgres.embedded import EmbeddedPostgres
 from tests.pg_backend import base as counting_backend
 from tests.pgtools import (
     TEST_DSN,

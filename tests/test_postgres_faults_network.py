@@ -40,7 +40,7 @@ import psutil
 import pytest
 
 from channels_engines import EngineChannelLayer
-from channels_engines.embedded import EmbeddedPostgres
+from channels_engines.postgres.embedded import EmbeddedPostgres
 from tests.faultproxy import FaultProxy, Trigger
 from tests.pgtools import Admin, Child, config, dropped_afterwards, engine_of, run
 from tests.pgtools import unique as unique_name

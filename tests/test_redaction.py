@@ -28,7 +28,7 @@ from psycopg import sql
 
 from channels_engines import CredentialsError, EngineChannelLayer
 from channels_engines.credentials import Secret
-from channels_engines.embedded import EmbeddedPostgres
+from channels_engines.postgres.embedded import EmbeddedPostgres
 from channels_engines.redaction import HiddenSettings, conceal, plain
 from tests.pgtools import engine_of, run, unique
 from tests.standins import VaultStandIn, admin_execute, scram_server
