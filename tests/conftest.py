@@ -31,7 +31,7 @@ os.environ["CHANNELS_ENGINES_TEST_DSN"] = _test_dsn()
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 django.setup()
 
-from tests.pgtools import Admin, dropped_afterwards, unique  # noqa: E402  (needs the DSN)
+from tests.support.pgtools import Admin, dropped_afterwards, unique  # noqa: E402  (needs the DSN)
 
 
 @pytest.fixture

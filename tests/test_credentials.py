@@ -49,7 +49,7 @@ from channels_engines.credentials.builtin import (
     StaticProvider,
 )
 from tests.pg_backend import base as counting_backend
-from tests.pgtools import database_alias
+from tests.support.pgtools import database_alias
 
 SENTINEL = "SENTINEL-p4ssw0rd-never-shown"
 WHERE = "CHANNEL_LAYERS['default']"
@@ -1024,7 +1024,7 @@ def settings_with(dsn: str, provider: CredentialProvider) -> Any:
 def test_a_refused_login_is_retried_once_with_fresh_credentials_and_never_shows_them() -> None:
     import psycopg
 
-    from tests.standins import scram_server
+    from tests.support.standins import scram_server
 
     pg = scram_server()
     provider = Fake(login(SENTINEL))

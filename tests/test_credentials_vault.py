@@ -1,6 +1,6 @@
 """The Vault provider, against a Vault stand-in on loopback that creates real PostgreSQL roles.
 
-See :class:`tests.standins.VaultStandIn`: hvac talks HTTP to it exactly as to Vault, and
+See :class:`tests.support.standins.VaultStandIn`: hvac talks HTTP to it exactly as to Vault, and
 each lease is a role in a PostgreSQL that checks passwords.
 """
 
@@ -20,8 +20,8 @@ from channels_engines import EngineChannelLayer, InvalidConfigError
 from channels_engines.credentials import CredentialsError, Secret, resolve_provider
 from channels_engines.credentials.vault import VaultProvider
 from channels_engines.postgres.embedded import EmbeddedPostgres
-from tests.polling import await_for
-from tests.standins import (
+from tests.support.polling import await_for
+from tests.support.standins import (
     AppTables,
     VaultStandIn,
     role_exists,

@@ -13,9 +13,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.faultproxy import FaultProxy, Refusal
-from tests.pgtools import TEST_DSN, Admin, run, unique
-from tests.polling import await_for
+from tests.support.faultproxy import FaultProxy, Refusal
+from tests.support.pgtools import TEST_DSN, Admin, run, unique
+from tests.support.polling import await_for
 
 pytestmark = pytest.mark.postgres
 

@@ -25,7 +25,7 @@ from psycopg import sql
 from channels_engines import CredentialProvider, Credentials, EngineChannelLayer
 from channels_engines.postgres.connection import Failure, Login, NotPostgreSQL, classify
 from channels_engines.postgres.embedded import EmbeddedPostgres
-from tests.pgtools import database_alias, engine_of, run, unique
+from tests.support.pgtools import database_alias, engine_of, run, unique
 
 pytestmark = [pytest.mark.postgres, pytest.mark.own_server]
 
@@ -245,7 +245,7 @@ def refusal_passes(
             engine = engine_of(layer)
             cache = engine.shared.login.credentials
             before = cache.current
-            await engine._pool.drain()  # the next send opens a connection
+            await engine.pool.drain()  # the next send opens a connection
             await asyncio.to_thread(impose)
             with Retrying(reason) as retrying:
                 send = asyncio.ensure_future(layer.send("refusal.wait", {"n": 1}))
@@ -263,7 +263,7 @@ def refusal_passes(
                 provider_calls=provider.calls,
                 refusals=len(provider.refusals),
                 same_credentials=cache.current is before,
-                pool_errors=engine._pool.stats["connection_errors"],
+                pool_errors=engine.pool.stats["connection_errors"],
             )
         finally:
             await layer.close()
@@ -348,13 +348,13 @@ def test_a_wrong_password_fails_at_once_and_drops_the_credentials(login: Role) -
         try:
             await layer.send("refusal.warm", {"n": 0})
             engine = engine_of(layer)
-            await engine._pool.drain()
+            await engine.pool.drain()
             await asyncio.to_thread(login.admin, "ALTER ROLE {role} PASSWORD 'changed-here'")
             with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
                 await layer.send("refusal.wrong", {"n": 1})
             # One connection attempt by the pool, in which the login was tried with the
             # cached password and once more with one fetched afresh; no retry after that.
-            assert engine._pool.stats["connection_errors"] == 1
+            assert engine.pool.stats["connection_errors"] == 1
             assert provider.calls == 2
             assert provider.refusals == [provider.credentials]
         finally:
@@ -373,11 +373,11 @@ def test_a_missing_database_fails_at_once_and_keeps_the_credentials(login: Role)
             engine = engine_of(layer)
             cache = engine.shared.login.credentials
             before = cache.current
-            await engine._pool.drain()
+            await engine.pool.drain()
             await asyncio.to_thread(login.admin, "DROP DATABASE {database} WITH (FORCE)")
             with pytest.raises(psycopg.OperationalError, match="does not exist"):
                 await layer.send("refusal.missing", {"n": 1})
-            assert engine._pool.stats["connection_errors"] == 1
+            assert engine.pool.stats["connection_errors"] == 1
             assert provider.calls == 1
             assert provider.refusals == []
             assert cache.current is before

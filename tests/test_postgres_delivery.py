@@ -19,8 +19,8 @@ from psycopg.conninfo import conninfo_to_dict
 from channels_engines import EngineChannelLayer
 from channels_engines.postgres.schema import listen_identifier
 from channels_engines.serialization import encode
-from tests.pgtools import TEST_DSN, Admin, engine_of, make_layer, run, unique
-from tests.polling import await_for
+from tests.support.pgtools import TEST_DSN, Admin, engine_of, make_layer, run, unique
+from tests.support.polling import await_for
 
 pytestmark = pytest.mark.postgres
 

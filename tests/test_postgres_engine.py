@@ -38,7 +38,7 @@ from channels_engines.postgres.listener import ListenerUnavailable
 from channels_engines.postgres.schema import Statements, Tables, listen_identifier
 from channels_engines.serialization import encode
 from tests.pg_backend import base as counting_backend
-from tests.pgtools import (
+from tests.support.pgtools import (
     REPO,
     TEST_DSN,
     Admin,
@@ -57,7 +57,7 @@ from tests.pgtools import (
     run,
     unique,
 )
-from tests.polling import await_for, payload_bytes, wait_for
+from tests.support.polling import await_for, payload_bytes, wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -77,7 +77,7 @@ def test_500_waiting_receivers_use_one_listener_and_at_most_two_pool_connections
             receivers = [asyncio.ensure_future(layer.receive(channel)) for channel in channels]
             mailbox = layer._shared.mailbox
             await await_for(lambda: len(mailbox.waiting()) == 500, "500 waiting receivers")
-            listener = engine_of(layer)._listener
+            listener = engine_of(layer).listener
             await asyncio.to_thread(sampler.sample)  # while they wait
             backends = await asyncio.to_thread(admin.backends, app)
             assert listener.backend_pid in backends
@@ -156,7 +156,7 @@ def test_each_event_loop_has_its_own_listener_and_pool_within_the_same_budget(
         results[name] = [
             item["n"] for item in await asyncio.wait_for(asyncio.gather(*receivers), 30)
         ]
-        listeners[name] = engine_of(layer)._listener.backend_pid
+        listeners[name] = engine_of(layer).listener.backend_pid
         await asyncio.to_thread(gate.wait, 30)  # sampled before either loop closes
         await layer.close()
 
@@ -936,7 +936,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 import django
 
 django.setup()
-from tests.pgtools import make_layer
+from tests.support.pgtools import make_layer
 
 layer = make_layer(sys.argv[1], prefix=sys.argv[2])
 
@@ -1075,7 +1075,7 @@ def test_zero_config_connects_with_databases_default(prefix: str, admin: Admin) 
         channel = await layer.new_channel()
         await layer.send(channel, {"type": "zero"})
         assert await asyncio.wait_for(layer.receive(channel), 10) == {"type": "zero"}
-        pid = engine_of(layer)._listener.backend_pid
+        pid = engine_of(layer).listener.backend_pid
         row = admin.rows(
             "SELECT datname, usename, application_name FROM pg_stat_activity WHERE pid = %s",
             [pid],
@@ -1106,7 +1106,7 @@ def test_a_custom_database_backend_is_asked_for_every_new_connection(
             await layer.send(channel, {"type": "one"})
             assert await asyncio.wait_for(layer.receive(channel), 10) == {"type": "one"}
             engine = engine_of(layer)
-            listener, pool = engine._listener, engine._pool
+            listener, pool = engine.listener, engine.pool
 
             def opened() -> int:
                 return pool.stats["connections_opened"] + 1 + listener.reconnects

@@ -8,8 +8,8 @@ import contextlib
 import pytest
 
 from channels_engines.postgres.schema import listen_identifier
-from tests.pgtools import engine_of, make_layer, run
-from tests.polling import await_for
+from tests.support.pgtools import engine_of, make_layer, run
+from tests.support.polling import await_for
 
 pytestmark = pytest.mark.postgres
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.pgtools import Admin, make_layer, run
-from tests.polling import await_for
+from tests.support.pgtools import Admin, make_layer, run
+from tests.support.polling import await_for
 
 pytestmark = pytest.mark.postgres
 

@@ -17,7 +17,7 @@ from django.db import connection
 
 from channels_engines import EngineChannelLayer, InvalidConfigError
 from channels_engines.postgres.schema import Tables
-from tests.pgtools import Admin, dropped_afterwards
+from tests.support.pgtools import Admin, dropped_afterwards
 
 pytestmark = pytest.mark.postgres
 

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from tests.pgtools import Admin, engine_of, make_layer, run
-from tests.polling import await_for
+from tests.support.pgtools import Admin, engine_of, make_layer, run
+from tests.support.polling import await_for
 
 pytestmark = pytest.mark.postgres
 

@@ -4,7 +4,7 @@ Every failure that involves a secret setting is provoked with a unique password:
 settings around each secret-bearing key, a wrong password on a server that checks it, a
 server that is down, credential providers that fail, and layers built by Channels from
 ``CHANNEL_LAYERS``. Everything a tracker records of the exceptions and of the log records
-(see :mod:`tests.tracker`) is searched for it, and so are the reprs and the attributes of
+(see :mod:`tests.support.tracker`) is searched for it, and so are the reprs and the attributes of
 a working layer and everything it holds.
 """
 
@@ -30,9 +30,9 @@ from channels_engines import CredentialsError, EngineChannelLayer
 from channels_engines.credentials import Secret
 from channels_engines.postgres.embedded import EmbeddedPostgres
 from channels_engines.redaction import HiddenSettings, conceal, plain
-from tests.pgtools import engine_of, run, unique
-from tests.standins import VaultStandIn, admin_execute, scram_server
-from tests.tracker import Recorded, Records, record
+from tests.support.pgtools import engine_of, run, unique
+from tests.support.standins import VaultStandIn, admin_execute, scram_server
+from tests.support.tracker import Recorded, Records, record
 
 #: The planted password: its "-" keeps it from looking like a provider name or a path.
 SENTINEL = "S3NTINEL-" + secrets.token_hex(8)

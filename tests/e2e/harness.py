@@ -30,7 +30,7 @@ from psycopg.conninfo import make_conninfo
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests import polling
+from tests.support import polling
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAT_DIR = ROOT / "examples" / "chat"

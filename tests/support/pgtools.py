@@ -28,9 +28,10 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from channels_engines import EngineChannelLayer
-from tests.polling import payload_bytes, wait_for
+from channels_engines.testing import engine_for
+from tests.support.polling import payload_bytes, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TEST_DSN = os.environ["CHANNELS_ENGINES_TEST_DSN"]
 ADMIN_APP = "ce_tests_admin"
 #: Client ports of this process' observer connections, never counted as the layer's.
@@ -60,7 +61,9 @@ def make_layer(app: str, **kwargs: Any) -> EngineChannelLayer:
 
 def engine_of(layer: EngineChannelLayer) -> Any:
     """The layer's engine for the running event loop (for counters such as reconnects)."""
-    return layer._engines[asyncio.get_running_loop()]
+    engine = engine_for(layer)
+    assert engine is not None, "nothing was done on this event loop yet"
+    return engine
 
 
 def run(coroutine: Any, timeout: float = 120.0) -> Any:
@@ -327,12 +330,19 @@ def default_database() -> dict[str, Any]:
 
 
 class Child:
-    """``python -m tests.pg_process`` with a JSON job; talks in JSON lines on stdout/stdin."""
+    """``python -m <module> <JSON job>`` (by default :mod:`tests.support.pg_process`);
+    talks in JSON lines on stdout/stdin."""
 
-    def __init__(self, job: dict[str, Any], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        job: dict[str, Any],
+        env: dict[str, str] | None = None,
+        *,
+        module: str = "tests.support.pg_process",
+    ) -> None:
         self.job = job
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.pg_process", json.dumps(job)],
+            [sys.executable, "-m", module, json.dumps(job)],
             cwd=REPO,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
