@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import os
+from typing import Any
 
 import pytest
 
 from channels_engines.testing import ChannelLayerConformance
+from tests.support.pgtools import server_dsn
 
 pytestmark = pytest.mark.postgres
 
 
 class TestPostgresConformance(ChannelLayerConformance):
-    config = {"ENGINE": "postgres", "dsn": os.environ["CHANNELS_ENGINES_TEST_DSN"]}
+    @property
+    def config(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"ENGINE": "postgres", "dsn": server_dsn()}

@@ -19,7 +19,7 @@ from psycopg.conninfo import conninfo_to_dict
 from channels_engines import EngineChannelLayer
 from channels_engines.postgres.schema import listen_identifier
 from channels_engines.serialization import encode
-from tests.support.pgtools import TEST_DSN, Admin, engine_of, make_layer, run, unique
+from tests.support.pgtools import Admin, engine_of, make_layer, run, server_dsn, unique
 from tests.support.polling import await_for
 
 pytestmark = pytest.mark.postgres
@@ -238,7 +238,7 @@ def outsider(admin: Admin) -> Iterator[psycopg.Connection[Any]]:
     """A session of a role that has nothing but CONNECT (every role has it by default)."""
     role = unique("ce_outsider")
     admin.conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-    params = {**conninfo_to_dict(TEST_DSN), "user": role}
+    params = {**conninfo_to_dict(server_dsn()), "user": role}
     params.pop("password", None)
     conn = psycopg.connect(**params, autocommit=True)
     try:

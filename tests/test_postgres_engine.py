@@ -40,7 +40,6 @@ from channels_engines.serialization import encode
 from tests.pg_backend import base as counting_backend
 from tests.support.pgtools import (
     REPO,
-    TEST_DSN,
     Admin,
     Child,
     LogCapture,
@@ -55,6 +54,7 @@ from tests.support.pgtools import (
     make_layer,
     message,
     run,
+    server_dsn,
     unique,
 )
 from tests.support.polling import await_for, payload_bytes, wait_for
@@ -488,7 +488,7 @@ def test_cleanup_is_batched_and_excluded_by_a_transaction_level_lock(
             f" REFERENCING OLD TABLE AS old FOR EACH STATEMENT"
             f' EXECUTE FUNCTION "{prefix}log_delete"()',
         )
-        async with await psycopg.AsyncConnection.connect(TEST_DSN, autocommit=True) as locker:
+        async with await psycopg.AsyncConnection.connect(server_dsn(), autocommit=True) as locker:
             async with locker.transaction():
                 await locker.execute("SELECT pg_advisory_xact_lock(%s)", [statements.cleanup_lock])
                 await asyncio.to_thread(
@@ -995,7 +995,7 @@ def test_the_handoff_keeps_at_most_its_limit_and_only_gives_back_the_same_login(
 
     async def open_three() -> list[Any]:
         pool = ConnectionPool(
-            lambda timeout: psycopg.AsyncConnection.connect(TEST_DSN, autocommit=True),
+            lambda timeout: psycopg.AsyncConnection.connect(server_dsn(), autocommit=True),
             min_size=0,
             max_size=3,
             timeout=10.0,
@@ -1016,7 +1016,7 @@ def test_the_handoff_keeps_at_most_its_limit_and_only_gives_back_the_same_login(
 
     async def take_one() -> int | None:
         pool = ConnectionPool(
-            lambda timeout: psycopg.AsyncConnection.connect(TEST_DSN, autocommit=True),
+            lambda timeout: psycopg.AsyncConnection.connect(server_dsn(), autocommit=True),
             min_size=0,
             max_size=1,
             timeout=10.0,
@@ -1086,7 +1086,7 @@ def test_zero_config_connects_with_databases_default(prefix: str, admin: Admin) 
     rows = run(scenario())
     default = default_database()
     assert rows == [(default["NAME"], default["USER"] or rows[0][1], "channels_engines")]
-    assert default["NAME"] == conninfo_to_dict(TEST_DSN).get("dbname", "test")
+    assert default["NAME"] == conninfo_to_dict(server_dsn()).get("dbname", "test")
 
 
 def test_a_custom_database_backend_is_asked_for_every_new_connection(
@@ -1163,10 +1163,10 @@ def test_database_naming_a_sqlite_alias_fails_clearly_at_first_use() -> None:
 def test_listener_on_another_database_fails_the_first_receive_naming_listen_dsn(
     app: str, prefix: str, admin: Admin
 ) -> None:
-    test_db = conninfo_to_dict(TEST_DSN).get("dbname")
+    test_db = conninfo_to_dict(server_dsn()).get("dbname")
     assert test_db != "postgres"
     listen_app = app + "_l"
-    wrong = make_conninfo(TEST_DSN, dbname="postgres", application_name=listen_app)
+    wrong = make_conninfo(server_dsn(), dbname="postgres", application_name=listen_app)
 
     async def scenario() -> None:
         layer = make_layer(app, prefix=prefix, listen_dsn=wrong)
@@ -1179,7 +1179,7 @@ def test_listener_on_another_database_fails_the_first_receive_naming_listen_dsn(
         await asyncio.to_thread(wait_for, lambda: admin.count(listen_app) == 0, "listener closed")
         await layer.close()
 
-        right = make_conninfo(TEST_DSN, application_name=listen_app)
+        right = make_conninfo(server_dsn(), application_name=listen_app)
         fixed = make_layer(app, prefix=prefix, listen_dsn=right)
         channel = await fixed.new_channel()
         waiting = asyncio.ensure_future(fixed.receive(channel))

@@ -31,7 +31,6 @@ from channels_engines.postgres.embedded import EmbeddedPostgres
 from channels_engines.testing import engine_for
 from tests.pg_backend import base as counting_backend
 from tests.support.pgtools import (
-    TEST_DSN,
     Admin,
     Child,
     LogCapture,
@@ -43,6 +42,7 @@ from tests.support.pgtools import (
     make_layer,
     message,
     run,
+    server_dsn,
     unique,
 )
 from tests.support.polling import await_for, payload_bytes, wait_for
@@ -93,7 +93,7 @@ def test_killing_the_listener_repeatedly_loses_and_duplicates_nothing(
     receiver = config(
         app,
         prefix=prefix,
-        listen_dsn=TEST_DSN,
+        listen_dsn=server_dsn(),
         listen_connection={"application_name": listen_app},
         sweep_interval=3600.0,
         capacity=10_000,
@@ -735,7 +735,7 @@ def test_soak_a_minute_of_traffic_with_a_listener_kill_every_two_seconds(
     receiver = config(
         app,
         prefix=prefix,
-        listen_dsn=TEST_DSN,
+        listen_dsn=server_dsn(),
         listen_connection={"application_name": listen_app},
         sweep_interval=3600.0,
         capacity=100_000,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import os
 import subprocess
 import sys
 import uuid
@@ -17,17 +16,16 @@ from django.db import connection
 
 from channels_engines import EngineChannelLayer, InvalidConfigError
 from channels_engines.postgres.schema import Tables
-from tests.support.pgtools import Admin, dropped_afterwards
+from tests.support.pgtools import Admin, dropped_afterwards, server_dsn
 
 pytestmark = pytest.mark.postgres
 
-DSN = os.environ["CHANNELS_ENGINES_TEST_DSN"]
 initial = importlib.import_module("channels_engines.migrations.0001_initial")
 second = importlib.import_module("channels_engines.migrations.0002_second_layout")
 
 
 def _tables_exist(prefix: str = "channels_engines_") -> bool:
-    with psycopg.connect(DSN) as conn:
+    with psycopg.connect(server_dsn()) as conn:
         row = conn.execute(
             "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL",
             [f"{prefix}message", f"{prefix}group_member"],
@@ -90,7 +88,7 @@ def test_runtime_role_with_only_the_documented_grants_runs_everything() -> None:
     role = f"ce_app_{uuid.uuid4().hex[:8]}"
     prefix = f"lp{uuid.uuid4().hex[:6]}_"
     tables = Tables(None, prefix, True)
-    with psycopg.connect(DSN, autocommit=True) as admin:
+    with psycopg.connect(server_dsn(), autocommit=True) as admin:
         for statement in tables.create_statements():
             admin.execute(statement)
         admin.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD 'pw'")
@@ -99,7 +97,7 @@ def test_runtime_role_with_only_the_documented_grants_runs_everything() -> None:
         admin.execute(tables.grant_script(role))
         admin.execute(f'REVOKE CREATE ON SCHEMA public FROM "{role}"')
     try:
-        params = psycopg.conninfo.conninfo_to_dict(DSN)
+        params = psycopg.conninfo.conninfo_to_dict(server_dsn())
         layer = EngineChannelLayer(
             ENGINE="postgres",
             connection={**params, "user": role, "password": "pw"},
@@ -120,7 +118,7 @@ def test_runtime_role_with_only_the_documented_grants_runs_everything() -> None:
 
         asyncio.run(scenario())
     finally:
-        with psycopg.connect(DSN, autocommit=True) as admin:
+        with psycopg.connect(server_dsn(), autocommit=True) as admin:
             admin.execute(
                 f'DROP TABLE IF EXISTS "{prefix}message", "{prefix}group_member",'
                 f' "{prefix}claimed", "{prefix}control"'
@@ -131,7 +129,9 @@ def test_runtime_role_with_only_the_documented_grants_runs_everything() -> None:
 
 def test_missing_tables_without_create_tables_is_a_clear_error() -> None:
     prefix = f"none{uuid.uuid4().hex[:6]}_"
-    layer = EngineChannelLayer(ENGINE="postgres", dsn=DSN, table_prefix=prefix, create_tables=False)
+    layer = EngineChannelLayer(
+        ENGINE="postgres", dsn=server_dsn(), table_prefix=prefix, create_tables=False
+    )
 
     async def scenario() -> None:
         try:
@@ -163,7 +163,7 @@ def apply_with_psql(script: str, tmp_path: Path) -> subprocess.CompletedProcess[
     path = tmp_path / "schema.sql"
     path.write_text(script)
     return subprocess.run(
-        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=0", "-d", DSN, "-f", str(path)],
+        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=0", "-d", server_dsn(), "-f", str(path)],
         capture_output=True,
         text=True,
         timeout=60,
