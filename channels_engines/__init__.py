@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from ._version import __version__
+from .contract import BaseChannelEngine, EngineConfig
 from .credentials import (
     CredentialProvider,
     Credentials,
     CredentialsError,
     register_credential_provider,
 )
-from .engine import BaseChannelEngine, EngineConfig
-from .engines import EngineInfo, available_engines, register_engine
+from .engine_registry import EngineInfo, available_engines, register_engine
 from .exceptions import (
     AlreadyRegisteredError,
     ChannelLayerClosed,

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import fnmatch
 import logging
 import os
-import re
 import secrets
 import threading
 import time
@@ -23,18 +21,20 @@ from typing import Any
 from channels.exceptions import ChannelFull, MessageTooLarge
 from channels.layers import BaseChannelLayer
 
-from .engine import BaseChannelEngine, EngineConfig
-from .engines import engines
+from .contract import BaseChannelEngine, EngineConfig
+from .engine_registry import engines
 from .events import Events
-from .exceptions import EngineUnavailableError, InvalidConfigError, InvalidEngineError
-from .loops import call_before_close, cancel_before_close
-from .options import (
-    CAPACITY_PATTERNS,
-    MAX_CAPACITY,
-    Option,
-    check_capacity_patterns,
-    validate_options,
+from .exceptions import InvalidConfigError, InvalidEngineError
+from .layer_options import (
+    LAYER_OPTIONS,
+    MAX_EXPIRY,
+    MAX_GROUP_EXPIRY,
+    MAX_MESSAGE_SIZE,
+    compile_capacities,
+    require_available,
 )
+from .loops import call_before_close, cancel_before_close
+from .options import validate_options
 from .redaction import HiddenSettings, Secret
 from .sealing import MIN_KEY_LENGTH, SEAL_OVERHEAD, Sealer, Unopenable
 from .serialization import UndecodableMessage, decode, encode
@@ -62,96 +62,6 @@ _UNDECODABLE_WARNING_INTERVAL = 60.0
 
 #: The longest ``expiry``: a day. A message unread for that long has no reader left, and
 #: until it expires it counts against its channel's capacity.
-MAX_EXPIRY = 86400
-
-#: The longest ``group_expiry``: ten years (0 or None: never). Far below where
-#: ``now() + interval`` leaves PostgreSQL's range and where a float stops counting
-#: microseconds exactly (about 285 years).
-MAX_GROUP_EXPIRY = 10 * 365 * 86400
-
-#: The largest ``max_message_size``: 256 MiB less :data:`SEAL_OVERHEAD`, so that a sealed
-#: message still fits in 256 MiB, well within PostgreSQL's 1 GB for one value, with room
-#: for the copies a message passes through on its way there.
-MAX_MESSAGE_SIZE = 256 * 1024 * 1024 - SEAL_OVERHEAD
-
-# What ``encryption_keys`` may be, in words, but None (the option adds it).
-_KEYS_ALLOWED = (
-    f"a non-empty list of strings of at least {MIN_KEY_LENGTH} characters (the first "
-    "encrypts), False (no encryption)"
-)
-#: What ``encryption_keys`` may be, in words.
-ENCRYPTION_KEYS = f"{_KEYS_ALLOWED} or None"
-
-
-def check_encryption_keys(value: Any) -> str | None:
-    """Refuse True, an empty list, and keys that are not strings or are short."""
-    if value is True:
-        return ENCRYPTION_KEYS
-    if value is False:
-        return None
-    if not value:
-        return f"{ENCRYPTION_KEYS}; the list is empty"
-    for index, key in enumerate(value):
-        if not isinstance(key, str):
-            return f"{ENCRYPTION_KEYS}; item {index} is a {type(key).__name__}"
-        if len(key) < MIN_KEY_LENGTH:
-            return f"{ENCRYPTION_KEYS}; item {index} is shorter than {MIN_KEY_LENGTH} characters"
-    return None
-
-
-#: CONFIG keys the layer handles for every engine.
-LAYER_OPTIONS: Mapping[str, Option] = {
-    "expiry": Option(
-        (float,),
-        60,
-        "Seconds a message may wait unread before it is dropped.",
-        above=0,
-        maximum=MAX_EXPIRY,
-    ),
-    "group_expiry": Option(
-        (float,),
-        86400,
-        "Seconds a group membership lasts after its latest group_add(); 0 or None "
-        "means memberships never expire.",
-        minimum=0,
-        maximum=MAX_GROUP_EXPIRY,
-        nullable=True,
-    ),
-    "capacity": Option(
-        (int,),
-        100,
-        "Messages a channel may hold before send() raises ChannelFull.",
-        minimum=1,
-        maximum=MAX_CAPACITY,
-    ),
-    "channel_capacity": Option(
-        (dict,),
-        {},
-        "Capacity per channel name: glob strings or compiled regexes to integers, "
-        "first match wins, matched against the non-local part of process-specific names.",
-        check=check_capacity_patterns,
-        describe_as=CAPACITY_PATTERNS,
-    ),
-    "max_message_size": Option(
-        (int,),
-        2 * 1024 * 1024,
-        "Largest encoded message in bytes; larger ones raise MessageTooLarge.",
-        minimum=1024,
-        maximum=MAX_MESSAGE_SIZE,
-    ),
-    "encryption_keys": Option(
-        (list, tuple, bool),
-        None,
-        "Keys that encrypt message bodies: None derives them from SECRET_KEY and "
-        "SECRET_KEY_FALLBACKS for engines whose messages leave the process; a list "
-        "encrypts on every engine, with the first key, and decrypts with all; False "
-        "turns encryption off.",
-        nullable=True,
-        secret=True,
-        check=check_encryption_keys,
-        describe_as=_KEYS_ALLOWED,
-    ),
-}
 
 _ALL_LAYERS: weakref.WeakSet[EngineChannelLayer] = weakref.WeakSet()
 
@@ -178,7 +88,7 @@ class EngineChannelLayer(BaseChannelLayer):
         engine_value = given["ENGINE"]
         engine_class = engines.load(engine_value, where=where)
         self.engine_name = engine_value if isinstance(engine_value, str) else engine_class.__name__
-        _require_available(engine_class, self.engine_name, where)
+        require_available(engine_class, self.engine_name, where)
         owner = f"ENGINE {self.engine_name!r}"
         overlap = set(engine_class.options) & set(LAYER_OPTIONS)
         if overlap:
@@ -211,7 +121,7 @@ class EngineChannelLayer(BaseChannelLayer):
             expiry=float(layer_values["expiry"]),
             group_expiry=_group_expiry(layer_values["group_expiry"]),
             capacity=layer_values["capacity"],
-            channel_capacity=tuple(_compile_capacities(layer_values["channel_capacity"])),
+            channel_capacity=tuple(compile_capacities(layer_values["channel_capacity"])),
             max_message_size=layer_values["max_message_size"]
             + (SEAL_OVERHEAD if self._sealer else 0),
             options=values,
@@ -257,7 +167,7 @@ class EngineChannelLayer(BaseChannelLayer):
     @channel_capacity.setter
     def channel_capacity(self, value: dict[Any, int]) -> None:
         self._change(
-            "channel_capacity", value, channel_capacity=lambda v: tuple(_compile_capacities(v))
+            "channel_capacity", value, channel_capacity=lambda v: tuple(compile_capacities(v))
         )
 
     def _change(self, key: str, value: Any, **fields: Callable[[Any], Any]) -> None:
@@ -479,17 +389,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _require_available(engine_class: type[BaseChannelEngine], name: str, where: str) -> None:
-    missing = engine_class.missing_requirements()
-    if missing:
-        packages = ", ".join(requirement.package for requirement in missing)
-        hints = " and ".join(dict.fromkeys(requirement.install_hint() for requirement in missing))
-        raise EngineUnavailableError(
-            f"{where}: ENGINE {name!r} needs {packages}, which is not installed. "
-            f"Install it with: {hints}"
-        )
-
-
 def _group_expiry(value: float | None) -> float | None:
     """``group_expiry`` as engines get it: None when memberships never expire."""
     return float(value) if value else None
@@ -540,16 +439,6 @@ def _django_secret_keys() -> list[Secret]:
         ]
     except ImproperlyConfigured:  # Django's own refusal of an empty SECRET_KEY
         return []
-
-
-def _compile_capacities(patterns: Mapping[Any, int]) -> list[tuple[re.Pattern[str], int]]:
-    compiled = []
-    for pattern, capacity in patterns.items():
-        regex = (
-            pattern if isinstance(pattern, re.Pattern) else re.compile(fnmatch.translate(pattern))
-        )
-        compiled.append((regex, capacity))
-    return compiled
 
 
 def _find_alias(config: HiddenSettings, layer_class: type) -> str | None:

@@ -12,7 +12,7 @@ import time
 from channels.exceptions import ChannelFull
 
 from ._version import __version__
-from .engine import BaseChannelEngine, EngineConfig
+from .contract import BaseChannelEngine, EngineConfig
 from .mailbox import Mailbox
 from .validation import non_local_name
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,21 +175,3 @@ def _short_repr(value: Any, limit: int = 80) -> str:
 
 #: The largest capacity: the largest PostgreSQL ``integer``, which engines may store it in.
 MAX_CAPACITY = 2**31 - 1
-
-#: What ``channel_capacity`` may be, in words.
-CAPACITY_PATTERNS = (
-    "a dict mapping glob strings or compiled regular expressions to integers >= 1 and "
-    f"<= {MAX_CAPACITY}"
-)
-
-
-def check_capacity_patterns(value: Any) -> str | None:
-    """Check a ``channel_capacity`` mapping: glob strings or compiled regexes to capacities."""
-    for pattern, capacity in value.items():
-        if not isinstance(pattern, (str, re.Pattern)):
-            return CAPACITY_PATTERNS
-        if isinstance(capacity, bool) or not isinstance(capacity, int):
-            return CAPACITY_PATTERNS
-        if not 1 <= capacity <= MAX_CAPACITY:
-            return CAPACITY_PATTERNS
-    return None

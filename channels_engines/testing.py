@@ -32,6 +32,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.exceptions import ChannelFull, MessageTooLarge
 
+from .contract import BaseChannelEngine
 from .layer import EngineChannelLayer
 from .validation import MAX_NESTING
 
@@ -40,11 +41,22 @@ __all__ = [
     "WorkExceeded",
     "as_stored",
     "bounded_work",
+    "engine_for",
     "pathological_messages",
     "undecodable_payloads",
 ]
 
 SENTINEL = {"type": "conformance.sentinel"}
+
+
+def engine_for(
+    layer: EngineChannelLayer, loop: asyncio.AbstractEventLoop | None = None
+) -> BaseChannelEngine | None:
+    """The engine ``layer`` runs on ``loop`` (default: the running loop), or None before
+    anything was done there: for tests that look at an engine's parts (its pool, its
+    listener, its counters) without going through private attributes."""
+    return layer._engines.get(loop or asyncio.get_running_loop())
+
 
 TestCoroutine = Callable[..., Awaitable[None]]
 

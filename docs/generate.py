@@ -12,7 +12,7 @@ show it, between two comment lines that neither shows::
 (tests/test_docs.py fails on them). What a block holds, by its first word:
 
 ``layer-options``
-    the CONFIG keys of every engine (``channels_engines.layer.LAYER_OPTIONS``);
+    the CONFIG keys of every engine (``channels_engines.layer_options.LAYER_OPTIONS``);
 ``engine-options NAME``
     the CONFIG keys of the engine that ``ENGINE: NAME`` selects;
 ``credential-provider-options NAME``
@@ -91,11 +91,11 @@ def stale() -> list[str]:
 def render(spec: str, page: Path) -> str:
     kind, *args = shlex.split(spec)
     if kind == "layer-options" and not args:
-        from channels_engines.layer import LAYER_OPTIONS
+        from channels_engines.layer_options import LAYER_OPTIONS
 
         return options_table(LAYER_OPTIONS)
     if kind == "engine-options" and len(args) == 1:
-        from channels_engines.engines import engines
+        from channels_engines.engine_registry import engines
 
         engine = engines.load(args[0], where="docs")
         if not engine.options:

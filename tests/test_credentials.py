@@ -46,11 +46,10 @@ from channels_engines.credentials.builtin import (
     DjangoProvider,
     EnvProvider,
     FileProvider,
-    NotPostgreSQL,
     StaticProvider,
 )
 from tests.pg_backend import base as counting_backend
-from tests.pgtools import database_alias
+from tests.support.pgtools import database_alias
 
 SENTINEL = "SENTINEL-p4ssw0rd-never-shown"
 WHERE = "CHANNEL_LAYERS['default']"
@@ -609,17 +608,14 @@ def test_django_asks_the_aliases_own_backend_every_time() -> None:
     assert SENTINEL not in repr(first)
 
 
-def test_django_refuses_an_alias_that_is_not_postgresql() -> None:
+def test_django_reads_any_alias_an_engine_does_not_refuse() -> None:
+    """The provider itself is not tied to a database vendor: the engine that uses it
+    decides (the postgres engine refuses other backends, see test_postgres_connection)."""
     with database_alias(
         "ce_cred_sqlite", {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
     ):
-        provider = DjangoProvider(alias="ce_cred_sqlite")
-        with pytest.raises(NotPostgreSQL) as raised:
-            provider.get_credentials()
-    assert str(raised.value) == (
-        "DATABASES['ce_cred_sqlite'] uses the backend 'django.db.backends.sqlite3', which is "
-        "not PostgreSQL"
-    )
+        credentials = DjangoProvider(alias="ce_cred_sqlite").get_credentials()
+    assert credentials.password is None
 
 
 # callable ----------------------------------------------------------------------------------
@@ -1019,16 +1015,16 @@ def test_subscribers_hear_of_changes_only(clock: Clock) -> None:
 
 
 def settings_with(dsn: str, provider: CredentialProvider) -> Any:
-    from channels_engines.postgres.connection import ConnectionSettings
+    from channels_engines.postgres.connection import Login
 
-    return ConnectionSettings({"dsn": dsn, "credentials": provider}, WHERE)
+    return Login({"dsn": dsn, "credentials": provider}, WHERE)
 
 
 @pytest.mark.postgres
 def test_a_refused_login_is_retried_once_with_fresh_credentials_and_never_shows_them() -> None:
     import psycopg
 
-    from tests.standins import scram_server
+    from tests.support.standins import scram_server
 
     pg = scram_server()
     provider = Fake(login(SENTINEL))

@@ -2,7 +2,7 @@
 
 Nothing reaches AWS: the credentials are fake environment variables, the instance
 metadata service is disabled, and the configuration files point nowhere. The stand-in for
-RDS (:class:`tests.standins.RdsStandIn`) checks each token's SigV4 signature and lets it
+RDS (:class:`tests.support.standins.RdsStandIn`) checks each token's SigV4 signature and lets it
 log in to a PostgreSQL that checks passwords.
 """
 
@@ -25,8 +25,9 @@ from psycopg import sql
 from channels_engines import Credentials, EngineChannelLayer, InvalidConfigError
 from channels_engines.credentials import CredentialCache, CredentialsError, Secret, resolve_provider
 from channels_engines.credentials.aws import AwsRdsIamProvider
-from channels_engines.embedded import EmbeddedPostgres
-from tests.standins import (
+from channels_engines.postgres.embedded import EmbeddedPostgres
+from channels_engines.testing import engine_for
+from tests.support.standins import (
     AppTables,
     RdsStandIn,
     admin_execute,
@@ -307,8 +308,8 @@ def test_the_engine_logs_in_with_the_token_and_gets_a_new_one_when_refused(
         await layer.send(channel, {"n": 1})
         assert await asyncio.wait_for(layer.receive(channel), 10) == {"n": 1}
         assert set(users_of(pg, app)) == {role}
-        engine = layer._engines[asyncio.get_running_loop()]
-        cache = engine.shared.connection.credentials
+        engine = engine_for(layer)
+        cache = engine.shared.login.credentials
         assert cache.current.password == Secret(stand_in.accepted[-1])
         assert len(stand_in.accepted) == cache.fetches == 1
 
@@ -323,7 +324,7 @@ def test_the_engine_logs_in_with_the_token_and_gets_a_new_one_when_refused(
                 user=role,
                 password=cache.current.password.reveal(),
             )
-        await engine._pool.drain()
+        await engine.pool.drain()
         await layer.send(channel, {"n": 2})
         assert await asyncio.wait_for(layer.receive(channel), 10) == {"n": 2}
         assert len(stand_in.accepted) == cache.fetches == 2

@@ -27,7 +27,6 @@ import itertools
 import json
 import logging
 import os
-import queue
 import secrets
 import socket
 import subprocess
@@ -46,12 +45,12 @@ from psycopg import sql
 
 from channels_engines import EngineChannelLayer
 from channels_engines.credentials import CredentialsError, Secret
-from channels_engines.embedded import EmbeddedPostgres
 from channels_engines.exceptions import InvalidConfigError
-from channels_engines.postgres.connection import ConnectionSettings
+from channels_engines.postgres.connection import Login
+from channels_engines.postgres.embedded import EmbeddedPostgres
 from channels_engines.postgres.schema import Tables
-from tests import rotation_peer
-from tests.pgtools import (
+from tests.support import rotation_peer
+from tests.support.pgtools import (
     REPO,
     Admin,
     Child,
@@ -60,7 +59,7 @@ from tests.pgtools import (
     run,
     unique,
 )
-from tests.polling import await_for, wait_for
+from tests.support.polling import await_for, wait_for
 
 # They start their own password-checking server, so they run once, not per server version.
 pytestmark = [pytest.mark.postgres, pytest.mark.own_server]
@@ -68,7 +67,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.own_server]
 DATABASE = "ce_rotation"
 OWNER = "ce_rotation_owner"
 PEER_TIMEOUT = 120.0
-CONTROLLED = "tests.rotation_peer.controlled_credentials"
+CONTROLLED = "tests.support.rotation_peer.controlled_credentials"
 
 
 def _original_options() -> Any:
@@ -185,25 +184,10 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 class Peer(Child):
-    """A :class:`tests.pgtools.Child` running ``tests.rotation_peer`` instead."""
+    """A :class:`tests.support.pgtools.Child` running ``tests.support.rotation_peer``."""
 
     def __init__(self, job: dict[str, Any]) -> None:
-        self.job = job
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.rotation_peer", json.dumps(job)],
-            cwd=REPO,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.stderr: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self._err_reader = threading.Thread(target=self._read_err, daemon=True)
-        self._err_reader.start()
+        super().__init__(job, module="tests.support.rotation_peer")
 
 
 class ActivitySampler:
@@ -556,7 +540,7 @@ def test_tokens_expiring_every_15s_cause_no_failed_login_and_one_fetch_per_windo
             unique(f"ce_rot_{name}"),
             prefix,
             {
-                "provider": "tests.rotation_peer.MintingProvider",
+                "provider": "tests.support.rotation_peer.MintingProvider",
                 "admin_dsn": cluster.admin_dsn,
                 "role": roles[name],
                 "lifetime": lifetime,
@@ -789,7 +773,7 @@ def test_a_file_secret_is_picked_up_and_never_used_half_written(
             channel = await layer.new_channel()
             await layer.send(channel, {"n": -1})
             assert await asyncio.wait_for(layer.receive(channel), 10) == {"n": -1}
-            cache = engine_of(layer).shared.connection.credentials
+            cache = engine_of(layer).shared.login.credentials
             with Admin(cluster.admin_dsn) as admin:
                 before = set(admin.backends(app)) | set(admin.backends(app + "_l"))
             stop = asyncio.Event()
@@ -873,8 +857,8 @@ def test_the_postgres_engine_accepts_a_credentials_key(
     assert layer.config.options["credentials"]["provider"] == Secret("static")
 
 
-def settings_for(target: str, credentials: Any) -> ConnectionSettings:
-    return ConnectionSettings({"dsn": target, "credentials": credentials}, where="test")
+def settings_for(target: str, credentials: Any) -> Login:
+    return Login({"dsn": target, "credentials": credentials}, where="test")
 
 
 def test_a_connection_failure_that_is_not_a_refused_login_keeps_the_cached_credentials(
@@ -1177,7 +1161,7 @@ def provoke_disclosures(
             await layer.send(channel, {"n": 1})
             assert await asyncio.wait_for(layer.receive(channel), 10) == {"n": 1}
             engine = engine_of(layer)
-            cache = engine.shared.connection.credentials
+            cache = engine.shared.login.credentials
             found.texts.update(
                 {
                     "repr(layer)": repr(layer),
@@ -1188,10 +1172,10 @@ def provoke_disclosures(
                     "repr(password)": repr(cache.current.password),
                     "repr(connection_params)": repr(cache.current.connection_params()),
                     "repr(cache)": repr(cache),
-                    "repr(connection settings)": repr(engine.shared.connection),
-                    "repr(pool)": repr(engine._pool),
+                    "repr(login)": repr(engine.shared.login),
+                    "repr(pool)": repr(engine.pool),
                     "repr(listener)": repr(engine._listener),
-                    "pool stats": repr(engine._pool.stats),
+                    "pool stats": repr(engine.pool.stats),
                 }
             )
             await asyncio.to_thread(
@@ -1201,7 +1185,7 @@ def provoke_disclosures(
             )
             control.fail = True
             await found.expect_failure("revoked", layer.send(channel, {"n": 2}))
-            await engine._pool.drain()
+            await engine.pool.drain()
             for _ in range(3):
                 await found.expect_failure("provider down", layer.send(channel, {"n": 3}))
             await asyncio.to_thread(

@@ -1,6 +1,6 @@
 """The Vault provider, against a Vault stand-in on loopback that creates real PostgreSQL roles.
 
-See :class:`tests.standins.VaultStandIn`: hvac talks HTTP to it exactly as to Vault, and
+See :class:`tests.support.standins.VaultStandIn`: hvac talks HTTP to it exactly as to Vault, and
 each lease is a role in a PostgreSQL that checks passwords.
 """
 
@@ -19,9 +19,9 @@ import pytest
 from channels_engines import EngineChannelLayer, InvalidConfigError
 from channels_engines.credentials import CredentialsError, Secret, resolve_provider
 from channels_engines.credentials.vault import VaultProvider
-from channels_engines.embedded import EmbeddedPostgres
-from tests.polling import await_for
-from tests.standins import (
+from channels_engines.postgres.embedded import EmbeddedPostgres
+from tests.support.polling import await_for
+from tests.support.standins import (
     AppTables,
     VaultStandIn,
     role_exists,
@@ -320,7 +320,7 @@ def test_the_engine_connects_as_the_vault_user_and_renewal_keeps_it(
         await layer.send(channel, {"type": "hello"})
         assert await asyncio.wait_for(layer.receive(channel), 10) == {"type": "hello"}
         engine = layer._engines[asyncio.get_running_loop()]
-        cache = engine.shared.connection.credentials
+        cache = engine.shared.login.credentials
         user = cache.current.user
         assert user.startswith("v-token-chat-")
         assert set(users_of(pg, app)) == {user}
@@ -347,7 +347,7 @@ def test_after_vault_revokes_the_lease_the_engine_moves_to_new_credentials(
         await layer.send(channel, {"n": 0})
         assert await asyncio.wait_for(layer.receive(channel), 10) == {"n": 0}
         engine = layer._engines[asyncio.get_running_loop()]
-        first = engine.shared.connection.credentials.current.user
+        first = engine.shared.login.credentials.current.user
 
         # Like `vault lease revoke`: privileges revoked, role dropped, sessions left open.
         vault.revoke(vault.lease_of(first).lease_id)
@@ -371,7 +371,7 @@ def test_after_vault_revokes_the_lease_the_engine_moves_to_new_credentials(
         received = [await asyncio.wait_for(layer.receive(channel), 10) for _ in range(sent)]
         assert [message["n"] for message in received] == list(range(1, 12))
 
-        second = engine.shared.connection.credentials.current.user
+        second = engine.shared.login.credentials.current.user
         assert second != first
         assert second.startswith("v-token-chat-")
         assert vault.generated == 2

@@ -1,4 +1,4 @@
-"""Tests for channels_engines.embedded: a private PostgreSQL server from the wheel."""
+"""Tests for channels_engines.postgres.embedded (also importable as channels_engines.embedded)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import psutil  # type: ignore[import-untyped]
 import psycopg
 import pytest
 
-from channels_engines import embedded
-from channels_engines.embedded import EmbeddedPostgres
+from channels_engines.postgres import embedded
+from channels_engines.postgres.embedded import EmbeddedPostgres
 
 REPO = Path(__file__).resolve().parents[1]
 IS_ROOT = os.geteuid() == 0
@@ -241,7 +241,7 @@ def test_the_process_that_started_it_stops_it_at_exit_but_a_fork_does_not() -> N
     script = textwrap.dedent(
         """
         import os, sys, psycopg
-        from channels_engines.embedded import EmbeddedPostgres
+        from channels_engines.postgres.embedded import EmbeddedPostgres
         pg = EmbeddedPostgres().start()
         child = os.fork()
         if child == 0:
@@ -307,3 +307,10 @@ def test_cli_prints_a_dsn_and_stops_cleanly_on_sigterm(user: str | None) -> None
     assert proc.returncode == 0, stderr
     assert not postmaster.is_running()
     assert not data_dir.exists()
+
+
+def test_the_documented_import_path_is_the_same_server() -> None:
+    import channels_engines.embedded as public
+
+    assert public.EmbeddedPostgres is EmbeddedPostgres
+    assert public.main is embedded.main

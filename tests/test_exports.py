@@ -14,15 +14,15 @@ from channels.exceptions import InvalidChannelLayerError
 import channels_engines
 
 CORE_MODULES = [
-    "engine",
-    "engines",
+    "contract",
+    "engine_registry",
     "exceptions",
     "layer",
     "loops",
     "mailbox",
     "memory",
     "options",
-    "registry",
+    "plugins",
     "serialization",
     "settings",
     "testing",

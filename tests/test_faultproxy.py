@@ -13,9 +13,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.faultproxy import FaultProxy, Refusal
-from tests.pgtools import TEST_DSN, Admin, run, unique
-from tests.polling import await_for
+from tests.support.faultproxy import FaultProxy, Refusal
+from tests.support.pgtools import Admin, run, server_dsn, unique
+from tests.support.polling import await_for
 
 pytestmark = pytest.mark.postgres
 
@@ -25,13 +25,13 @@ SILENCE = 0.5
 
 @pytest.fixture
 def proxy() -> Iterator[FaultProxy]:
-    with FaultProxy.for_dsn(TEST_DSN) as proxy:
+    with FaultProxy.for_dsn(server_dsn()) as proxy:
         yield proxy
 
 
 async def connect(proxy: FaultProxy, app: str, **options: Any) -> psycopg.AsyncConnection[Any]:
     return await psycopg.AsyncConnection.connect(
-        proxy.dsn(TEST_DSN), autocommit=True, application_name=app, **options
+        proxy.dsn(server_dsn()), autocommit=True, application_name=app, **options
     )
 
 

@@ -28,7 +28,7 @@ from channels_engines import layer as layer_module
 from channels_engines.apps import _on_setting_changed
 from channels_engines.memory import MemoryEngine
 from channels_engines.redaction import Secret
-from channels_engines.testing import as_stored, undecodable_payloads
+from channels_engines.testing import as_stored, engine_for, undecodable_payloads
 from channels_engines.validation import non_local_name
 
 BACKEND = "channels_engines.EngineChannelLayer"
@@ -492,7 +492,9 @@ def test_undecodable_messages_are_logged_once_a_minute_without_their_bytes(
     async def scenario() -> str:
         layer = EngineChannelLayer(ENGINE="memory")
         channel = await layer.new_channel()
-        engine = layer._engine()
+        await layer.flush()  # starts this loop's engine
+        engine = engine_for(layer)
+        assert engine is not None
         await engine.send(channel, b"\xc1SECRET-PAYLOAD")
         await engine.send(channel, msgpack.packb(["SECRET"]))
         await layer.send(channel, {"type": "after"})
@@ -517,7 +519,9 @@ def test_each_undecodable_message_is_logged_when_the_interval_has_passed(
 
     async def scenario() -> None:
         layer = EngineChannelLayer(ENGINE="memory")
-        engine = layer._engine()
+        await layer.flush()  # starts this loop's engine
+        engine = engine_for(layer)
+        assert engine is not None
         for payload in (b"", msgpack.packb([1]), msgpack.packb({"type": "x"})):
             await engine.send("plain.channel", payload)
         assert await layer.receive("plain.channel") == {"type": "x"}
@@ -540,8 +544,8 @@ def test_undecodable_rows_written_to_the_postgres_table_never_reach_the_receiver
     """Rows another writer inserted (and announced with NOTIFY) are dropped and counted;
     the waiting receive() goes on to the next real message."""
     from channels_engines.postgres.schema import Tables, listen_identifier
-    from tests.pgtools import Admin, make_layer, unique
-    from tests.polling import await_for
+    from tests.support.pgtools import Admin, make_layer, unique
+    from tests.support.polling import await_for
 
     bad = [payload for _, payload in undecodable_payloads()]
     insert = (
@@ -654,7 +658,7 @@ def test_an_expiry_assigned_to_a_running_postgres_layer_is_what_the_server_store
     prefix: str,
 ) -> None:
     """As Channels' own tests do with ``layer.expiry``, here after the engine started."""
-    from tests.pgtools import Admin, make_layer, unique
+    from tests.support.pgtools import Admin, make_layer, unique
 
     async def scenario() -> None:
         layer = make_layer(unique("ce_t"), prefix=prefix)
@@ -678,7 +682,7 @@ def test_an_expiry_assigned_to_a_running_postgres_layer_is_what_the_server_store
 def test_a_capacity_assigned_to_a_running_postgres_layer_applies_to_the_next_send(
     prefix: str,
 ) -> None:
-    from tests.pgtools import make_layer, unique
+    from tests.support.pgtools import make_layer, unique
 
     async def scenario() -> None:
         layer = make_layer(unique("ce_t"), prefix=prefix)

@@ -23,8 +23,8 @@ from asgiref.sync import async_to_sync
 
 from channels_engines import EngineChannelLayer, register_engine
 from channels_engines import loops as loops_module
-from channels_engines.engine import EngineConfig
-from channels_engines.engines import engines
+from channels_engines.contract import EngineConfig
+from channels_engines.engine_registry import engines
 from channels_engines.memory import MemoryEngine
 
 

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from channels_engines import InvalidConfigError, Option
-from channels_engines.options import check_capacity_patterns, closest, validate_options
+from channels_engines.layer_options import check_capacity_patterns
+from channels_engines.options import closest, validate_options
 
 
 @pytest.mark.parametrize(

@@ -6,13 +6,13 @@ against the same database.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from channels_engines.testing import ChannelLayerConformance
-from tests.pgtools import dropped_afterwards, unique
+from tests.support.pgtools import dropped_afterwards, server_dsn, unique
 
 pytestmark = pytest.mark.postgres
 
@@ -20,14 +20,12 @@ PREFIX = unique("ce_conf") + "_"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _own_tables() -> Iterator[None]:
+def _own_tables(test_server: str) -> Iterator[None]:
     with dropped_afterwards(PREFIX):
         yield
 
 
 class TestPostgresConformance(ChannelLayerConformance):
-    config = {
-        "ENGINE": "postgres",
-        "dsn": os.environ["CHANNELS_ENGINES_TEST_DSN"],
-        "table_prefix": PREFIX,
-    }
+    @property
+    def config(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"ENGINE": "postgres", "dsn": server_dsn(), "table_prefix": PREFIX}

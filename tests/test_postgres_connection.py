@@ -23,9 +23,9 @@ import pytest
 from psycopg import sql
 
 from channels_engines import CredentialProvider, Credentials, EngineChannelLayer
-from channels_engines.embedded import EmbeddedPostgres
-from channels_engines.postgres.connection import Failure, classify
-from tests.pgtools import engine_of, run, unique
+from channels_engines.postgres.connection import Failure, Login, NotPostgreSQL, classify
+from channels_engines.postgres.embedded import EmbeddedPostgres
+from tests.support.pgtools import database_alias, engine_of, run, unique
 
 pytestmark = [pytest.mark.postgres, pytest.mark.own_server]
 
@@ -127,7 +127,7 @@ def test_a_sqlstate_when_there_is_one_decides(sqlstate: str, expected: Failure) 
 
 
 @dataclass
-class Login:
+class Role:
     """A role that owns a database of its own, on the module's server."""
 
     pg: EmbeddedPostgres
@@ -162,8 +162,8 @@ def server() -> Iterator[EmbeddedPostgres]:
 
 
 @pytest.fixture
-def login(server: EmbeddedPostgres) -> Iterator[Login]:
-    found = Login(server, unique("ce_ref"), "pw-" + secrets.token_hex(16), unique("ce_ref_db"))
+def login(server: EmbeddedPostgres) -> Iterator[Role]:
+    found = Role(server, unique("ce_ref"), "pw-" + secrets.token_hex(16), unique("ce_ref_db"))
     server.execute(
         sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}")
         .format(sql.Identifier(found.role), sql.Literal(found.password))
@@ -180,7 +180,7 @@ def login(server: EmbeddedPostgres) -> Iterator[Login]:
 class Counting(CredentialProvider):
     """Always the same login; counts how often it is asked and told of a refusal."""
 
-    def __init__(self, login: Login) -> None:
+    def __init__(self, login: Role) -> None:
         super().__init__()
         self.credentials = Credentials(login.role, login.password)
         self.calls = 0
@@ -219,7 +219,7 @@ class Retrying(logging.Handler):
         self.logger.setLevel(self._level)
 
 
-def layer_for(login: Login, provider: Counting) -> EngineChannelLayer:
+def layer_for(login: Role, provider: Counting) -> EngineChannelLayer:
     return EngineChannelLayer(
         ENGINE="postgres",
         dsn=login.target(),
@@ -230,7 +230,7 @@ def layer_for(login: Login, provider: Counting) -> EngineChannelLayer:
 
 
 def refusal_passes(
-    login: Login, impose: Callable[[], None], lift: Callable[[], None], reason: str
+    login: Role, impose: Callable[[], None], lift: Callable[[], None], reason: str
 ) -> dict[str, Any]:
     """A working layer loses its pooled connections, then the server refuses new ones for
     ``reason`` until the layer has been seen retrying; the send waiting meanwhile must
@@ -243,9 +243,9 @@ def refusal_passes(
         try:
             await layer.send("refusal.warm", {"n": 0})
             engine = engine_of(layer)
-            cache = engine.shared.connection.credentials
+            cache = engine.shared.login.credentials
             before = cache.current
-            await engine._pool.drain()  # the next send opens a connection
+            await engine.pool.drain()  # the next send opens a connection
             await asyncio.to_thread(impose)
             with Retrying(reason) as retrying:
                 send = asyncio.ensure_future(layer.send("refusal.wait", {"n": 1}))
@@ -263,7 +263,7 @@ def refusal_passes(
                 provider_calls=provider.calls,
                 refusals=len(provider.refusals),
                 same_credentials=cache.current is before,
-                pool_errors=engine._pool.stats["connection_errors"],
+                pool_errors=engine.pool.stats["connection_errors"],
             )
         finally:
             await layer.close()
@@ -272,7 +272,7 @@ def refusal_passes(
     return report
 
 
-def test_a_database_closed_to_connections_is_waited_for(login: Login) -> None:
+def test_a_database_closed_to_connections_is_waited_for(login: Role) -> None:
     report = refusal_passes(
         login,
         lambda: login.admin("ALTER DATABASE {database} ALLOW_CONNECTIONS false"),
@@ -285,7 +285,7 @@ def test_a_database_closed_to_connections_is_waited_for(login: Login) -> None:
     assert report["pool_errors"] >= 1
 
 
-def test_a_roles_connection_limit_is_waited_for(login: Login) -> None:
+def test_a_roles_connection_limit_is_waited_for(login: Role) -> None:
     report = refusal_passes(
         login,
         lambda: login.admin("ALTER ROLE {role} CONNECTION LIMIT 0"),
@@ -299,7 +299,7 @@ def test_a_roles_connection_limit_is_waited_for(login: Login) -> None:
     )
 
 
-def test_a_databases_connection_limit_is_waited_for(login: Login) -> None:
+def test_a_databases_connection_limit_is_waited_for(login: Role) -> None:
     report = refusal_passes(
         login,
         lambda: login.admin("ALTER DATABASE {database} CONNECTION LIMIT 0"),
@@ -313,7 +313,7 @@ def test_a_databases_connection_limit_is_waited_for(login: Login) -> None:
     )
 
 
-def test_a_full_server_is_waited_for(login: Login) -> None:
+def test_a_full_server_is_waited_for(login: Role) -> None:
     held: list[psycopg.Connection[Any]] = []
 
     def fill() -> None:
@@ -340,7 +340,7 @@ def test_a_full_server_is_waited_for(login: Login) -> None:
     )
 
 
-def test_a_wrong_password_fails_at_once_and_drops_the_credentials(login: Login) -> None:
+def test_a_wrong_password_fails_at_once_and_drops_the_credentials(login: Role) -> None:
     provider = Counting(login)
 
     async def scenario() -> None:
@@ -348,13 +348,13 @@ def test_a_wrong_password_fails_at_once_and_drops_the_credentials(login: Login) 
         try:
             await layer.send("refusal.warm", {"n": 0})
             engine = engine_of(layer)
-            await engine._pool.drain()
+            await engine.pool.drain()
             await asyncio.to_thread(login.admin, "ALTER ROLE {role} PASSWORD 'changed-here'")
             with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
                 await layer.send("refusal.wrong", {"n": 1})
             # One connection attempt by the pool, in which the login was tried with the
             # cached password and once more with one fetched afresh; no retry after that.
-            assert engine._pool.stats["connection_errors"] == 1
+            assert engine.pool.stats["connection_errors"] == 1
             assert provider.calls == 2
             assert provider.refusals == [provider.credentials]
         finally:
@@ -363,7 +363,7 @@ def test_a_wrong_password_fails_at_once_and_drops_the_credentials(login: Login) 
     run(scenario(), timeout=60)
 
 
-def test_a_missing_database_fails_at_once_and_keeps_the_credentials(login: Login) -> None:
+def test_a_missing_database_fails_at_once_and_keeps_the_credentials(login: Role) -> None:
     provider = Counting(login)
 
     async def scenario() -> None:
@@ -371,13 +371,13 @@ def test_a_missing_database_fails_at_once_and_keeps_the_credentials(login: Login
         try:
             await layer.send("refusal.warm", {"n": 0})
             engine = engine_of(layer)
-            cache = engine.shared.connection.credentials
+            cache = engine.shared.login.credentials
             before = cache.current
-            await engine._pool.drain()
+            await engine.pool.drain()
             await asyncio.to_thread(login.admin, "DROP DATABASE {database} WITH (FORCE)")
             with pytest.raises(psycopg.OperationalError, match="does not exist"):
                 await layer.send("refusal.missing", {"n": 1})
-            assert engine._pool.stats["connection_errors"] == 1
+            assert engine.pool.stats["connection_errors"] == 1
             assert provider.calls == 1
             assert provider.refusals == []
             assert cache.current is before
@@ -385,3 +385,23 @@ def test_a_missing_database_fails_at_once_and_keeps_the_credentials(login: Login
             await layer.close()
 
     run(scenario(), timeout=60)
+
+
+def test_a_django_credential_provider_must_name_a_postgresql_alias() -> None:
+    with database_alias(
+        "ce_cred_sqlite", {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
+    ):
+        login = Login(
+            {
+                "dsn": "host=127.0.0.1 dbname=x",
+                "credentials": {"provider": "django", "alias": "ce_cred_sqlite"},
+            },
+            "test",
+        )
+        assert login.credentials is not None
+        with pytest.raises(NotPostgreSQL) as raised:
+            asyncio.run(login.credentials.get())
+    assert str(raised.value) == (
+        "DATABASES['ce_cred_sqlite'] uses the backend 'django.db.backends.sqlite3', which is "
+        "not PostgreSQL"
+    )

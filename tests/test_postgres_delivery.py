@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,8 +22,17 @@ from channels_engines import EngineChannelLayer
 from channels_engines.postgres.schema import listen_identifier
 from channels_engines.serialization import encode
 from channels_engines.testing import as_stored
-from tests.pgtools import TEST_DSN, Admin, engine_of, make_layer, run, unique
-from tests.polling import await_for
+from tests.support.pgtools import (
+    Admin,
+    Child,
+    config,
+    engine_of,
+    make_layer,
+    run,
+    server_dsn,
+    unique,
+)
+from tests.support.polling import await_for
 
 pytestmark = pytest.mark.postgres
 
@@ -263,7 +273,7 @@ def outsider(admin: Admin) -> Iterator[psycopg.Connection[Any]]:
     """A session of a role that has nothing but CONNECT (every role has it by default)."""
     role = unique("ce_outsider")
     admin.conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-    params = {**conninfo_to_dict(TEST_DSN), "user": role}
+    params = {**conninfo_to_dict(server_dsn()), "user": role}
     params.pop("password", None)
     conn = psycopg.connect(**params, autocommit=True)
     try:
@@ -352,3 +362,104 @@ def test_a_flush_drops_what_every_process_had_taken_and_nothing_sent_after_it(
         await flusher.close()
 
     run(scenario())
+
+
+@pytest.mark.parametrize("kind", ["normal", "process-specific"])
+def test_cancelled_receives_lose_nothing_while_another_process_sends(
+    kind: str, app: str, prefix: str, admin: Admin
+) -> None:
+    total = 2000
+
+    async def scenario() -> None:
+        layer = make_layer(app, prefix=prefix, capacity=total)
+        channel = "cancel.normal" if kind == "normal" else await layer.new_channel()
+        rng = random.Random(8)
+        got: list[dict[str, Any]] = []
+        cancelled = 0
+        child_config = config(unique("ce_t"), prefix=prefix, capacity=total)
+        # Own-queue rows are all claimed at once: a steady sender keeps receive() waiting.
+        pause = 0 if kind == "normal" else 0.001
+        job = {
+            "job": "send",
+            "config": child_config,
+            "plan": [[channel, 0, total, 0]],
+            "pause": pause,
+        }
+        with Child(job) as child:
+            await child.aexpect("ready")
+            child.tell()
+            for _ in range(total):
+                task = asyncio.ensure_future(layer.receive(channel))
+                delay = rng.choice([0.0, rng.uniform(0, 0.003)])
+                if delay:
+                    await asyncio.sleep(delay)
+                else:
+                    await asyncio.sleep(0)
+                task.cancel()
+                try:
+                    got.append(await task)
+                except asyncio.CancelledError:
+                    cancelled += 1
+            while len(got) < total:
+                got.append(await asyncio.wait_for(layer.receive(channel), 20))
+            sent = await child.aexpect("sent")
+            assert sent["errors"] == []
+            assert child.finish() == 0
+        assert cancelled > 200  # the race was exercised both ways
+        assert total - cancelled > 200
+        assert [item["n"] for item in got] == list(range(total))
+        await layer.send(channel, {"type": "sentinel"})
+        assert await asyncio.wait_for(layer.receive(channel), 10) == {"type": "sentinel"}
+        assert admin.table_count(prefix + "message") == 0
+        await layer.close()
+
+    run(scenario())
+
+
+def dead_index_items(admin: Admin, index: str) -> tuple[int, int]:
+    """(items marked dead, all items) on the leaf pages of a btree ``index``."""
+    admin.conn.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+    pages = admin.scalar(
+        "SELECT pg_relation_size(%s::regclass) / current_setting('block_size')::int", [index]
+    )
+    dead = total = 0
+    for block in range(1, pages):
+        if admin.scalar("SELECT type FROM bt_page_stats(%s, %s)", [index, block]) != "l":
+            continue
+        items = admin.rows("SELECT dead FROM bt_page_items(%s, %s)", [index, block])
+        dead += sum(bool(flag) for (flag,) in items)
+        total += len(items)
+    return dead, total
+
+
+def test_claims_mark_the_index_entries_of_claimed_rows_dead_so_later_scans_skip_them(
+    app: str, prefix: str, admin: Admin
+) -> None:
+    """Between two vacuums a busy queue's index fills with entries of deleted rows; the
+    listener's claims must mark them dead (plain index scans), or every send and claim
+    visits all of them again (bitmap scans)."""
+    layer = make_layer(app, prefix=prefix)
+
+    async def scenario() -> str:
+        channel = await layer.new_channel()
+        await layer.send(channel, {"n": -1})  # creates the tables
+        assert (await layer.receive(channel))["n"] == -1
+        # No vacuum may remove the entries under observation.
+        admin.conn.execute(f"ALTER TABLE {prefix}message SET (autovacuum_enabled = off)")
+        for n in range(600):
+            await layer.send(channel, {"n": n})
+            assert (await layer.receive(channel))["n"] == n
+        await layer.close()
+        return str(
+            admin.scalar(
+                "SELECT indexrelid::regclass FROM pg_index WHERE indrelid = %s::regclass",
+                [prefix + "message"],
+            )
+        )
+
+    index = run(scenario())
+    dead, total = dead_index_items(admin, index)
+    # Marked entries are skipped by every scan and removed when their page fills up, so
+    # the index does not keep one entry per claimed row (601 here) until a vacuum.
+    assert total - dead <= 5, (dead, total)
+    assert total < 300, (dead, total)

@@ -27,10 +27,10 @@ import psycopg
 import pytest
 
 from channels_engines import EngineChannelLayer
-from channels_engines.embedded import EmbeddedPostgres
+from channels_engines.postgres.embedded import EmbeddedPostgres
+from channels_engines.testing import engine_for
 from tests.pg_backend import base as counting_backend
-from tests.pgtools import (
-    TEST_DSN,
+from tests.support.pgtools import (
     Admin,
     Child,
     LogCapture,
@@ -42,9 +42,10 @@ from tests.pgtools import (
     make_layer,
     message,
     run,
+    server_dsn,
     unique,
 )
-from tests.polling import await_for, payload_bytes, wait_for
+from tests.support.polling import await_for, payload_bytes, wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -94,7 +95,7 @@ def test_killing_the_listener_repeatedly_loses_and_duplicates_nothing(
     receiver = config(
         app,
         prefix=prefix,
-        listen_dsn=TEST_DSN,
+        listen_dsn=server_dsn(),
         listen_connection={"application_name": listen_app},
         sweep_interval=3600.0,
         capacity=10_000,
@@ -209,7 +210,7 @@ def test_killing_the_listener_of_a_second_event_loop_loses_nothing(
     try:
         started.wait(10)
         listener = wait_for(
-            lambda: getattr(layer._engines.get(thread_loop), "_listener", None), "the listener"
+            lambda: getattr(engine_for(layer, thread_loop), "listener", None), "the listener"
         )
         wait_for(lambda: listener.backend_pid, "the thread loop's listener connection")
         assert listener.backend_pid in admin.backends(app)
@@ -271,7 +272,7 @@ def test_after_a_server_restart_the_listener_reconnects_once_and_waiting_receive
             ]
             await await_for(lambda: len(layer._shared.mailbox.waiting()) == 2, "two receivers")
             engine = engine_of(layer)
-            listener = engine._listener
+            listener = engine.listener
             old_pid = listener.backend_pid
 
             with LogCapture("channels_engines.postgres") as log:
@@ -328,7 +329,7 @@ def test_after_a_server_restart_existing_layers_work_without_errors_or_extra_war
             await sender.send(specific, {"n": 0})
             assert await layer.receive(specific) == {"n": 0}
             waiting = asyncio.ensure_future(layer.receive(specific))
-            listener = engine_of(layer)._listener
+            listener = engine_of(layer).listener
             with LogCapture("channels_engines.postgres", logging.WARNING) as log:
                 await asyncio.to_thread(pg.restart, mode)
                 await await_for(lambda: listener.reconnects == 1, "the listener back", 30)
@@ -432,7 +433,7 @@ async def listening_layer(dsn: str, prefix: str, **options: Any) -> tuple[Any, s
     channel = await layer.new_channel()
     await layer.send(channel, {"n": 0})
     assert await layer.receive(channel) == {"n": 0}
-    return layer, channel, engine_of(layer)._listener
+    return layer, channel, engine_of(layer).listener
 
 
 @pytest.mark.own_server
@@ -556,7 +557,7 @@ def test_heartbeats_keep_the_listener_through_idle_session_timeout_and_the_pool_
             channel = await layer.new_channel()
             await other.send(channel, {"n": 0})
             assert await layer.receive(channel) == {"n": 0}
-            listener = engine_of(layer)._listener
+            listener = engine_of(layer).listener
             listen_pid = listener.backend_pid
             pool_pids = (set(admin.backends(app)) | set(admin.backends(other_app))) - {listen_pid}
             assert pool_pids
@@ -699,7 +700,7 @@ def test_a_backend_that_rotates_passwords_supplies_every_new_connection(
                 await layer.send(channel, {"n": 1})
                 assert await layer.receive(channel) == {"n": 1}
                 engine = engine_of(layer)
-                listener, pool = engine._listener, engine._pool
+                listener, pool = engine.listener, engine.pool
                 assert counting_backend.CALLS[alias] == pool.stats["connections_opened"] + 1
 
                 pg.execute(f"ALTER ROLE {role} PASSWORD '{second}'")
@@ -743,7 +744,7 @@ def test_soak_a_minute_of_traffic_with_a_listener_kill_every_two_seconds(
     receiver = config(
         app,
         prefix=prefix,
-        listen_dsn=TEST_DSN,
+        listen_dsn=server_dsn(),
         listen_connection={"application_name": listen_app},
         sweep_interval=3600.0,
         capacity=100_000,

@@ -40,11 +40,11 @@ import psutil
 import pytest
 
 from channels_engines import EngineChannelLayer
-from channels_engines.embedded import EmbeddedPostgres
-from tests.faultproxy import FaultProxy, Trigger
-from tests.pgtools import Admin, Child, config, dropped_afterwards, engine_of, run
-from tests.pgtools import unique as unique_name
-from tests.polling import await_for
+from channels_engines.postgres.embedded import EmbeddedPostgres
+from tests.support.faultproxy import FaultProxy, Trigger
+from tests.support.pgtools import Admin, Child, config, dropped_afterwards, engine_of, run
+from tests.support.pgtools import unique as unique_name
+from tests.support.polling import await_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.own_server]
 

@@ -17,28 +17,12 @@ from channels.exceptions import ChannelFull
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from channels_engines import EngineChannelLayer
 from channels_engines.postgres.notes import Notary
 from channels_engines.postgres.schema import listen_identifier
-from tests.pgtools import TEST_DSN, Admin, engine_of, make_layer, run, unique
-from tests.polling import await_for, payload_bytes
+from tests.support.pgtools import Admin, engine_of, make_layer, run, server_dsn, unique
+from tests.support.polling import await_for, payload_bytes
 
 pytestmark = pytest.mark.postgres
-
-KEYS = (b"k" * 32,)
-
-
-def sealed_layer(app: str, prefix: str, keys: tuple[bytes, ...] = KEYS, **kw: Any) -> Any:
-    layer = make_layer(app, prefix=prefix, **kw)
-    layer.test_keys = keys
-    return layer
-
-
-def keyed(layer: EngineChannelLayer) -> Any:
-    """This loop's engine of ``layer``, with notes on."""
-    engine = layer._engine()
-    engine.message_keys = layer.test_keys  # type: ignore[attr-defined]
-    return engine
 
 
 def rows(admin: Admin, prefix: str) -> int:
@@ -51,7 +35,7 @@ def outsider(admin: Admin) -> Iterator[str]:
     """A DSN of a role that may only connect."""
     role = unique("ce_out")
     admin.conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-    params = conninfo_to_dict(TEST_DSN)
+    params = conninfo_to_dict(server_dsn())
     params["user"] = role
     params.pop("password", None)
     try:
@@ -61,11 +45,10 @@ def outsider(admin: Admin) -> Iterator[str]:
 
 
 async def pair(app: str, prefix: str, **kw: Any) -> tuple[Any, Any, str]:
-    """A sending and a receiving layer (two processes); the receiver's channel works."""
-    sender = sealed_layer(app, prefix, **kw)
-    receiver = sealed_layer(app, prefix, **kw)
-    keyed(sender)
-    keyed(receiver)
+    """A sending and a receiving layer (two processes, sealing messages with the keys
+    tests.settings' SECRET_KEY gives); the receiver's channel works."""
+    sender = make_layer(app, prefix=prefix, **kw)
+    receiver = make_layer(app, prefix=prefix, **kw)
     channel = await receiver.new_channel()
     await sender.send(channel, {"type": "start"})
     assert await asyncio.wait_for(receiver.receive(channel), 10) == {"type": "start"}
@@ -119,7 +102,7 @@ def test_without_encryption_notifications_only_wake(app: str, prefix: str, admin
         sender = make_layer(app, prefix=prefix, encryption_keys=False)
         receiver = make_layer(app, prefix=prefix, encryption_keys=False)
         channel = await receiver.new_channel()
-        listener = psycopg.Connection.connect(TEST_DSN, autocommit=True)
+        listener = psycopg.Connection.connect(server_dsn(), autocommit=True)
         identifier = listen_identifier(f".{prefix}", channel.split("!")[0] + "!")
         listener.execute(f"LISTEN {identifier}")
         await sender.send(channel, {"type": "secret-marker"})

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import os
+import importlib.util
+import random
+import re
 import subprocess
 import sys
 import uuid
@@ -14,20 +16,32 @@ import psycopg
 import pytest
 from django.core.management import call_command
 from django.db import connection
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from channels_engines import EngineChannelLayer, InvalidConfigError
-from channels_engines.postgres.schema import Tables
-from tests.pgtools import Admin, dropped_afterwards
+from channels_engines.layer_options import MAX_EXPIRY, MAX_GROUP_EXPIRY
+from channels_engines.postgres.schema import Statements, Tables, listen_identifier
+from tests.support.pgtools import (
+    REPO,
+    Admin,
+    Child,
+    config,
+    dropped_afterwards,
+    make_layer,
+    run,
+    server_dsn,
+    unique,
+)
 
 pytestmark = pytest.mark.postgres
 
-DSN = os.environ["CHANNELS_ENGINES_TEST_DSN"]
 initial = importlib.import_module("channels_engines.migrations.0001_initial")
 second = importlib.import_module("channels_engines.migrations.0002_second_layout")
 
 
 def _tables_exist(prefix: str = "channels_engines_") -> bool:
-    with psycopg.connect(DSN) as conn:
+    with psycopg.connect(server_dsn()) as conn:
         row = conn.execute(
             "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL",
             [f"{prefix}message", f"{prefix}group_member"],
@@ -90,7 +104,7 @@ def test_runtime_role_with_only_the_documented_grants_runs_everything() -> None:
     role = f"ce_app_{uuid.uuid4().hex[:8]}"
     prefix = f"lp{uuid.uuid4().hex[:6]}_"
     tables = Tables(None, prefix, True)
-    with psycopg.connect(DSN, autocommit=True) as admin:
+    with psycopg.connect(server_dsn(), autocommit=True) as admin:
         for statement in tables.create_statements():
             admin.execute(statement)
         admin.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD 'pw'")
@@ -99,7 +113,7 @@ def test_runtime_role_with_only_the_documented_grants_runs_everything() -> None:
         admin.execute(tables.grant_script(role))
         admin.execute(f'REVOKE CREATE ON SCHEMA public FROM "{role}"')
     try:
-        params = psycopg.conninfo.conninfo_to_dict(DSN)
+        params = psycopg.conninfo.conninfo_to_dict(server_dsn())
         layer = EngineChannelLayer(
             ENGINE="postgres",
             connection={**params, "user": role, "password": "pw"},
@@ -120,7 +134,7 @@ def test_runtime_role_with_only_the_documented_grants_runs_everything() -> None:
 
         asyncio.run(scenario())
     finally:
-        with psycopg.connect(DSN, autocommit=True) as admin:
+        with psycopg.connect(server_dsn(), autocommit=True) as admin:
             admin.execute(
                 f'DROP TABLE IF EXISTS "{prefix}message", "{prefix}group_member",'
                 f' "{prefix}claimed", "{prefix}control"'
@@ -131,7 +145,9 @@ def test_runtime_role_with_only_the_documented_grants_runs_everything() -> None:
 
 def test_missing_tables_without_create_tables_is_a_clear_error() -> None:
     prefix = f"none{uuid.uuid4().hex[:6]}_"
-    layer = EngineChannelLayer(ENGINE="postgres", dsn=DSN, table_prefix=prefix, create_tables=False)
+    layer = EngineChannelLayer(
+        ENGINE="postgres", dsn=server_dsn(), table_prefix=prefix, create_tables=False
+    )
 
     async def scenario() -> None:
         try:
@@ -163,7 +179,7 @@ def apply_with_psql(script: str, tmp_path: Path) -> subprocess.CompletedProcess[
     path = tmp_path / "schema.sql"
     path.write_text(script)
     return subprocess.run(
-        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=0", "-d", DSN, "-f", str(path)],
+        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=0", "-d", server_dsn(), "-f", str(path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -226,3 +242,223 @@ def test_script_is_applied_whole_or_not_at_all(tmp_path: Path, prefix: str, admi
         ("public", prefix + "group_member"),
         ("public", prefix + "message"),
     ]
+
+
+def test_tables_are_created_at_first_use_and_creation_is_idempotent(
+    app: str, prefix: str, admin: Admin
+) -> None:
+    assert admin.tables(prefix + "%") == []
+
+    async def scenario() -> None:
+        first = make_layer(app, prefix=prefix)
+        await first.send("tables.kept", {"type": "kept"})
+        await first.close()
+        assert [name for _, name in admin.tables(prefix + "%")] == [
+            prefix + "claimed",
+            prefix + "control",
+            prefix + "group_member",
+            prefix + "message",
+        ]
+        # The DDL itself runs again harmlessly, and a new process' layer starts on it.
+        for statement in Statements(Tables(None, prefix, True)).create:
+            admin.conn.execute(statement)
+        second = make_layer(unique("ce_t"), prefix=prefix)
+        assert await asyncio.wait_for(second.receive("tables.kept"), 10) == {"type": "kept"}
+        await second.close()
+
+    run(scenario())
+    assert len(admin.tables(prefix + "%")) == 4
+
+
+def test_eight_processes_create_the_tables_at_the_same_instant(admin: Admin) -> None:
+    schema = unique("ce_s")
+    prefix = unique("ce_t") + "_"
+    with dropped_afterwards(prefix, schema):
+        layer_config = config(unique("ce_t"), prefix=prefix, schema=schema)
+        children = [
+            Child({"job": "create", "config": layer_config, "channel": f"create.{index}"})
+            for index in range(8)
+        ]
+        try:
+            for child in children:
+                child.expect("ready")
+            for child in children:
+                child.tell()
+            results = [child.expect("done")["error"] for child in children]
+            codes = [child.finish() for child in children]
+        finally:
+            for child in children:
+                child.kill()
+        assert results == [None] * 8
+        assert codes == [0] * 8
+        assert admin.tables(prefix + "%") == [
+            (schema, prefix + "claimed"),
+            (schema, prefix + "control"),
+            (schema, prefix + "group_member"),
+            (schema, prefix + "message"),
+        ]
+        assert admin.table_count(prefix + "message", schema) == 8
+
+
+def test_missing_tables_with_create_tables_false_name_the_tables_and_the_fix(
+    app: str, prefix: str, admin: Admin
+) -> None:
+    schema = unique("ce_s")
+
+    async def scenario() -> None:
+        layer = make_layer(app, prefix=prefix, create_tables=False)
+        with pytest.raises(InvalidConfigError) as raised:
+            await layer.send("missing.tables", {"type": "x"})
+        assert str(raised.value) == (
+            f'EngineChannelLayer: the tables "{prefix}message" and "{prefix}group_member" '
+            "do not exist and CONFIG['create_tables'] is False. Run `manage.py migrate "
+            "channels_engines`, or apply the SQL from `python -m channels_engines.postgres "
+            "schema`."
+        )
+        in_schema = make_layer(app, prefix=prefix, schema=schema, create_tables=False)
+        with pytest.raises(
+            InvalidConfigError,
+            match=re.escape(
+                f'the tables "{schema}"."{prefix}message" and "{schema}"."{prefix}group_member" '
+                "do not exist"
+            ),
+        ):
+            await in_schema.group_add("missing", "missing.tables")
+        await layer.close()
+        await in_schema.close()
+
+    run(scenario())
+    assert admin.tables(prefix + "%") == []
+    assert admin.scalar("SELECT count(*) FROM pg_namespace WHERE nspname = %s", [schema]) == 0
+
+
+def test_the_schema_command_the_error_advises_creates_tables_a_layer_can_use(
+    app: str, admin: Admin
+) -> None:
+    schema = unique("ce_s")
+    prefix = unique("ce_p") + "_"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "channels_engines.postgres",
+            "schema",
+            "--schema",
+            schema,
+            "--table-prefix",
+            prefix,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    with dropped_afterwards(prefix, schema):
+        admin.conn.execute(result.stdout.encode())
+        assert admin.tables(prefix + "%") == [
+            (schema, prefix + "claimed"),
+            (schema, prefix + "control"),
+            (schema, prefix + "group_member"),
+            (schema, prefix + "message"),
+        ]
+
+        async def scenario() -> None:
+            layer = make_layer(app, prefix=prefix, schema=schema, create_tables=False)
+            await layer.group_add("advised", "advised.channel")
+            await layer.group_send("advised", {"type": "advised"})
+            assert await asyncio.wait_for(layer.receive("advised.channel"), 10) == {
+                "type": "advised"
+            }
+            await layer.close()
+
+        run(scenario())
+    assert importlib.util.find_spec("channels_engines.migrations") is not None
+
+
+def test_schema_and_table_prefix_options_place_the_tables(app: str, admin: Admin) -> None:
+    schema = unique("ce_s")
+    prefix = unique("ce_p") + "_"
+    with dropped_afterwards(prefix, schema):
+
+        async def scenario() -> None:
+            layer = make_layer(app, prefix=prefix, schema=schema)
+            await layer.group_add("placed", "placed.channel")
+            await layer.group_send("placed", {"type": "placed"})
+            assert admin.tables(prefix + "%") == [
+                (schema, prefix + "claimed"),
+                (schema, prefix + "control"),
+                (schema, prefix + "group_member"),
+                (schema, prefix + "message"),
+            ]
+            assert admin.table_count(prefix + "message", schema) == 1
+            assert admin.table_count(prefix + "group_member", schema) == 1
+            assert await asyncio.wait_for(layer.receive("placed.channel"), 10) == {"type": "placed"}
+            await layer.close()
+
+        run(scenario())
+
+
+def test_the_largest_numbers_the_settings_allow_work_in_sql(app: str, prefix: str) -> None:
+    """Every bound is one the server accepts: capacities fit its integer, expiries its
+    intervals and timestamps."""
+
+    async def scenario() -> None:
+        layer = make_layer(
+            app,
+            prefix=prefix,
+            capacity=2**31 - 1,
+            channel_capacity={"big.*": 2**31 - 1},
+            expiry=MAX_EXPIRY,
+            group_expiry=MAX_GROUP_EXPIRY,
+            pool_timeout=86400,
+        )
+        try:
+            channel = await layer.new_channel()
+            await layer.group_add("largest", channel)
+            await layer.group_add("largest", "big.channel")
+            await layer.send(channel, {"type": "direct"})
+            await layer.group_send("largest", {"type": "group"})
+            assert await layer.receive(channel) == {"type": "direct"}
+            assert await layer.receive(channel) == {"type": "group"}
+            assert await layer.receive("big.channel") == {"type": "group"}
+        finally:
+            await layer.close()
+
+    run(scenario())
+
+
+IDENTIFIER = re.compile(r"ce_[0-9a-f]{32}", re.ASCII)
+
+
+@settings(max_examples=500, database=None)
+@given(namespace=st.text(max_size=200), queue=st.text(max_size=300))
+def test_listen_identifier_is_always_ce_and_32_hex_digits(namespace: str, queue: str) -> None:
+    identifier = listen_identifier(namespace, queue)
+    assert IDENTIFIER.fullmatch(identifier)
+    assert len(identifier.encode()) == 35 < 64
+    assert identifier == listen_identifier(namespace, queue)
+
+
+@settings(max_examples=300, database=None)
+@given(
+    queue=st.from_regex(r"\A[a-zA-Z0-9._-]{1,90}!?\Z"),
+    namespaces=st.tuples(st.text(max_size=50), st.text(max_size=50)).filter(lambda t: t[0] != t[1]),
+)
+def test_listen_identifiers_differ_between_layers_on_other_tables(
+    queue: str, namespaces: tuple[str, str]
+) -> None:
+    assert listen_identifier(namespaces[0], queue) != listen_identifier(namespaces[1], queue)
+
+
+def test_listen_identifiers_of_100_000_distinct_queues_are_distinct() -> None:
+    rng = random.Random(11)
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
+    queues: set[str] = set()
+    while len(queues) < 100_000:
+        name = "".join(rng.choices(alphabet, k=rng.randint(1, 99)))
+        queues.add(name + "!" if rng.random() < 0.5 and len(name) < 99 else name)
+    identifiers = {listen_identifier(".channels_engines_", queue) for queue in queues}
+    assert len(identifiers) == 100_000
+    assert all(IDENTIFIER.fullmatch(identifier) for identifier in identifiers)

@@ -6,8 +6,18 @@ import asyncio
 
 import pytest
 
-from tests.pgtools import Admin, engine_of, make_layer, run
-from tests.polling import await_for
+from channels_engines.serialization import encode
+from tests.support.pgtools import (
+    Admin,
+    Child,
+    config,
+    digest,
+    engine_of,
+    make_layer,
+    run,
+    unique,
+)
+from tests.support.polling import await_for, payload_bytes
 
 pytestmark = pytest.mark.postgres
 
@@ -115,6 +125,136 @@ def test_a_write_whose_backend_is_terminated_in_flight_is_retried_and_stored_onc
         assert await asyncio.wait_for(layer.receive(channel), 10) == {"n": 1}
         await layer.send(channel, {"n": "sentinel"})
         assert await asyncio.wait_for(layer.receive(channel), 10) == {"n": "sentinel"}
+        await layer.close()
+
+    run(scenario())
+
+
+def test_group_send_is_one_transaction_with_one_row_per_receiving_process(
+    prefix: str, admin: Admin
+) -> None:
+    async def scenario() -> None:
+        first = make_layer(unique("ce_t"), prefix=prefix)
+        second = make_layer(unique("ce_t"), prefix=prefix)
+        sender = make_layer(unique("ce_t"), prefix=prefix)
+        assert first.client_id != second.client_id
+        members = {
+            first: [await first.new_channel("member") for _ in range(50)],
+            second: [await second.new_channel("member") for _ in range(50)],
+        }
+        normal = ["group.normal-a", "group.normal-b", "group.normal-c"]
+        for layer, channels in members.items():
+            for channel in channels:
+                await layer.group_add("room", channel)
+        for channel in normal:
+            await sender.group_add("room", channel)
+
+        await sender.group_send("room", {"type": "room.message", "n": 1})
+
+        rows = admin.rows(
+            f'SELECT queue, cardinality(channels), xmin::text FROM "{prefix}message" ORDER BY queue'
+        )
+        expected_queues = sorted(
+            [members[first][0].split("!")[0] + "!", members[second][0].split("!")[0] + "!", *normal]
+        )
+        assert sorted(row[0] for row in rows) == expected_queues
+        assert sorted(row[1] for row in rows) == [1, 1, 1, 50, 50]
+        assert len({row[2] for row in rows}) == 1  # one transaction
+
+        await sender.group_send("room", {"type": "room.message", "n": 2})
+        for layer, channels in [*members.items(), (sender, normal)]:
+            for n in (1, 2):  # message 1 exactly once, then message 2
+                results = await asyncio.wait_for(
+                    asyncio.gather(*(layer.receive(channel) for channel in channels)), 20
+                )
+                assert [result["n"] for result in results] == [n] * len(channels)
+        assert admin.table_count(prefix + "message") == 0
+        for layer in (first, second, sender):
+            await layer.close()
+
+    run(scenario())
+
+
+def test_group_send_reaches_members_in_another_process(prefix: str) -> None:
+    child_config = config(unique("ce_t"), prefix=prefix)
+    with Child(
+        {
+            "job": "receive",
+            "config": child_config,
+            "new": 20,
+            "channels": ["xgroup.normal"],
+            "groups": ["xroom"],
+            "expect": 2,
+        }
+    ) as child:
+        ready = child.expect("ready")
+
+        async def scenario() -> None:
+            layer = make_layer(unique("ce_t"), prefix=prefix)
+            own = [await layer.new_channel() for _ in range(5)]
+            for channel in own:
+                await layer.group_add("xroom", channel)
+            for n in (1, 2):
+                await layer.group_send(
+                    "xroom", {"type": "x", "n": n, "data": payload_bytes(100, n)}
+                )
+            for n in (1, 2):
+                results = await asyncio.gather(*(layer.receive(channel) for channel in own))
+                assert [result["n"] for result in results] == [n] * 5
+            await layer.close()
+
+        run(scenario())
+        received = child.expect("received")
+        assert child.finish() == 0
+    assert received["errors"] == []
+    assert received["timed_out"] == 0
+    per_channel: dict[str, list[int]] = {}
+    for channel, n, size, sha in received["messages"]:
+        per_channel.setdefault(channel, []).append(n)
+        assert (size, sha) == (100, digest(payload_bytes(100, n)))
+    assert per_channel == {channel: [1, 2] for channel in ready["channels"]}
+    assert len(ready["channels"]) == 21
+
+
+def data_size_for(encoded_size: int, channel: str) -> int:
+    """The ``data`` length that makes message(n, channel) encode to ``encoded_size`` bytes."""
+    for size in range(encoded_size, encoded_size - 200, -1):
+        shape = {"type": "test.message", "n": 1, "ch": channel, "data": bytes(size)}
+        if len(encode(shape)) == encoded_size:
+            return size
+    raise AssertionError(f"no data size encodes to {encoded_size}")
+
+
+def test_messages_around_the_notify_payload_limit_arrive_intact_across_processes(
+    app: str, prefix: str
+) -> None:
+    sizes = [7_999, 8_000, 8_001, 1024 * 1024]
+
+    async def scenario() -> None:
+        layer = make_layer(app, prefix=prefix)
+        targets = ["payload.normal", await layer.new_channel()]
+        plan = [
+            [channel, index, 1, data_size_for(size, channel)]
+            for channel in targets
+            for index, size in enumerate(sizes)
+        ]
+        # One sequential sender per (channel, size): start them in size order.
+        with Child(
+            {"job": "send", "config": config(unique("ce_t"), prefix=prefix), "plan": plan}
+        ) as child:
+            await child.aexpect("ready")
+            child.tell()
+            sent = await child.aexpect("sent")
+            assert sent["errors"] == []
+            assert child.finish() == 0
+        for channel in targets:
+            got = [await asyncio.wait_for(layer.receive(channel), 20) for _ in sizes]
+            got.sort(key=lambda item: item["n"])
+            for index, (item, size) in enumerate(zip(got, sizes, strict=True)):
+                assert item["n"] == index
+                assert item["ch"] == channel
+                assert len(encode(item)) == size
+                assert item["data"] == payload_bytes(data_size_for(size, channel), index)
         await layer.close()
 
     run(scenario())

@@ -4,7 +4,7 @@ Every failure that involves a secret setting is provoked with a unique password:
 settings around each secret-bearing key, a wrong password on a server that checks it, a
 server that is down, credential providers that fail, and layers built by Channels from
 ``CHANNEL_LAYERS``. Everything a tracker records of the exceptions and of the log records
-(see :mod:`tests.tracker`) is searched for it, and so are the reprs and the attributes of
+(see :mod:`tests.support.tracker`) is searched for it, and so are the reprs and the attributes of
 a working layer and everything it holds.
 """
 
@@ -28,11 +28,11 @@ from psycopg import sql
 
 from channels_engines import CredentialsError, EngineChannelLayer
 from channels_engines.credentials import Secret
-from channels_engines.embedded import EmbeddedPostgres
+from channels_engines.postgres.embedded import EmbeddedPostgres
 from channels_engines.redaction import HiddenSettings, conceal, plain
-from tests.pgtools import engine_of, run, unique
-from tests.standins import VaultStandIn, admin_execute, scram_server
-from tests.tracker import Recorded, Records, record
+from tests.support.pgtools import engine_of, run, unique
+from tests.support.standins import VaultStandIn, admin_execute, scram_server
+from tests.support.tracker import Recorded, Records, record
 
 #: The planted password: its "-" keeps it from looking like a provider name or a path.
 SENTINEL = "S3NTINEL-" + secrets.token_hex(8)
@@ -439,11 +439,11 @@ def test_a_working_layer_holds_the_password_only_in_secrets(
                 layer=repr(layer),
                 config=repr(layer.config),
                 engine=repr(engine),
-                connection_settings=repr(shared.connection),
-                credential_cache=repr(shared.connection.credentials),
+                login=repr(shared.login),
+                credential_cache=repr(shared.login.credentials),
                 sealer=repr(layer._sealer),
             )
-            cache = shared.connection.credentials
+            cache = shared.login.credentials
             if cache is not None:
                 texts.update(
                     provider=repr(cache.provider),

@@ -21,7 +21,7 @@ from channels_engines import (
     available_engines,
     register_engine,
 )
-from channels_engines.engines import engines
+from channels_engines.engine_registry import engines
 from channels_engines.memory import MemoryEngine
 
 WHERE = "CHANNEL_LAYERS['default']"

@@ -19,7 +19,7 @@ import channels_engines
 from channels_engines import Credentials, EngineChannelLayer
 from channels_engines.credentials.aws import AwsRdsIamProvider
 from channels_engines.credentials.vault import VaultProvider
-from channels_engines.embedded import EmbeddedPostgres
+from channels_engines.postgres.embedded import EmbeddedPostgres
 from channels_engines.redaction import HiddenSettings
 
 PACKAGE = Path(channels_engines.__file__).parent

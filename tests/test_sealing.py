@@ -28,7 +28,7 @@ from channels_engines.redaction import Secret
 from channels_engines.sealing import Sealer, Unopenable
 from channels_engines.serialization import encode
 from channels_engines.testing import as_stored
-from tests.pgtools import TEST_DSN, Admin, config, make_layer, run, unique
+from tests.support.pgtools import Admin, config, make_layer, run, server_dsn, unique
 
 OLD = "old-key-" + "o" * 40
 NEW = "new-key-" + "n" * 40
@@ -158,11 +158,13 @@ NO_SECRET_KEY = (
 def test_an_empty_secret_key_is_a_clear_error_unless_keys_are_given_or_encryption_is_off() -> None:
     with override_settings(SECRET_KEY=""):
         with pytest.raises(InvalidConfigError) as caught:
-            EngineChannelLayer(ENGINE="postgres", dsn=TEST_DSN)
+            EngineChannelLayer(ENGINE="postgres", dsn=server_dsn())
         assert str(caught.value) == NO_SECRET_KEY.format(where=WHERE)
-        assert EngineChannelLayer(ENGINE="postgres", dsn=TEST_DSN, encryption_keys=[NEW]).encrypted
+        assert EngineChannelLayer(
+            ENGINE="postgres", dsn=server_dsn(), encryption_keys=[NEW]
+        ).encrypted
         assert not EngineChannelLayer(
-            ENGINE="postgres", dsn=TEST_DSN, encryption_keys=False
+            ENGINE="postgres", dsn=server_dsn(), encryption_keys=False
         ).encrypted
         assert not EngineChannelLayer(ENGINE="memory").encrypted
 
@@ -171,7 +173,7 @@ def test_without_django_settings_there_is_no_secret_key() -> None:
     code = (
         "from channels_engines import EngineChannelLayer\n"
         "try:\n"
-        f"    EngineChannelLayer(ENGINE='postgres', dsn={TEST_DSN!r})\n"
+        f"    EngineChannelLayer(ENGINE='postgres', dsn={server_dsn()!r})\n"
         "except Exception as exc:\n"
         "    print(type(exc).__name__, exc)\n"
     )
@@ -183,19 +185,21 @@ def test_without_django_settings_there_is_no_secret_key() -> None:
 
 
 def test_which_layers_encrypt() -> None:
-    assert EngineChannelLayer(ENGINE="postgres", dsn=TEST_DSN).encrypted
+    assert EngineChannelLayer(ENGINE="postgres", dsn=server_dsn()).encrypted
     assert not EngineChannelLayer(ENGINE="memory").encrypted
     assert EngineChannelLayer(ENGINE="memory", encryption_keys=[NEW]).encrypted
-    assert not EngineChannelLayer(ENGINE="postgres", dsn=TEST_DSN, encryption_keys=False).encrypted
+    assert not EngineChannelLayer(
+        ENGINE="postgres", dsn=server_dsn(), encryption_keys=False
+    ).encrypted
 
 
 def test_secret_key_then_its_fallbacks_give_the_keys() -> None:
     with override_settings(SECRET_KEY=OLD, SECRET_KEY_FALLBACKS=[]):
-        before = EngineChannelLayer(ENGINE="postgres", dsn=TEST_DSN)._sealer
+        before = EngineChannelLayer(ENGINE="postgres", dsn=server_dsn())._sealer
     with override_settings(SECRET_KEY=NEW, SECRET_KEY_FALLBACKS=[OLD]):
-        after = EngineChannelLayer(ENGINE="postgres", dsn=TEST_DSN)._sealer
+        after = EngineChannelLayer(ENGINE="postgres", dsn=server_dsn())._sealer
     with override_settings(SECRET_KEY=NEW, SECRET_KEY_FALLBACKS=[]):
-        without_fallback = EngineChannelLayer(ENGINE="postgres", dsn=TEST_DSN)._sealer
+        without_fallback = EngineChannelLayer(ENGINE="postgres", dsn=server_dsn())._sealer
     assert before is not None
     assert after is not None
     assert without_fallback is not None
@@ -325,7 +329,7 @@ def test_a_role_that_reads_the_tables_sees_only_ciphertext(prefix: str, reader: 
                             sql.Identifier(table), sql.Identifier(reader)
                         )
                     )
-            with Admin(TEST_DSN, user=reader) as stolen:
+            with Admin(server_dsn(), user=reader) as stolen:
                 sealed = stolen.rows(
                     sql.SQL("SELECT payload FROM {}").format(sql.Identifier(f"{prefix}message"))
                 )

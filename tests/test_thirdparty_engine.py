@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from channels_engines import EngineChannelLayer, InvalidConfigError, available_engines
-from channels_engines.engines import engines
+from channels_engines.engine_registry import engines
 from channels_engines.testing import ChannelLayerConformance
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "thirdparty_engine"

@@ -21,7 +21,6 @@ __all__ = [
     "DjangoProvider",
     "EnvProvider",
     "FileProvider",
-    "NotPostgreSQL",
     "StaticProvider",
     "as_credentials",
 ]
@@ -160,17 +159,6 @@ class FileProvider(CredentialProvider):
         return Credentials(user, document["password"])
 
 
-class NotPostgreSQL(CredentialsError):
-    """The DATABASES alias does not use a PostgreSQL backend."""
-
-    def __init__(self, alias: str, backend: str) -> None:
-        super().__init__(
-            f"DATABASES[{alias!r}] uses the backend {backend!r}, which is not PostgreSQL"
-        )
-        self.alias = alias
-        self.backend = backend
-
-
 class DjangoProvider(CredentialProvider):
     """Everything a ``DATABASES`` alias would use, asked of its own backend every time.
 
@@ -185,13 +173,17 @@ class DjangoProvider(CredentialProvider):
     }
     cache_ttl = 0.0
 
+    #: Called with the alias and its backend's connection wrapper before anything is
+    #: read from it; an engine sets it to refuse backends it cannot connect to.
+    check_backend: Callable[[str, Any], None] | None = None
+
     def get_credentials(self) -> Credentials:
         from django.db import connections
 
         alias = self.settings["alias"]
         wrapper = connections.create_connection(alias)
-        if wrapper.vendor != "postgresql":
-            raise NotPostgreSQL(alias, str(wrapper.settings_dict.get("ENGINE")))
+        if self.check_backend is not None:
+            self.check_backend(alias, wrapper)
         params = dict(wrapper.get_connection_params())
         for key in _DJANGO_ONLY:
             params.pop(key, None)

@@ -10,8 +10,8 @@ from typing import Any
 
 from ..exceptions import InvalidConfigError
 from ..options import Option, validate_options
+from ..plugins import Registry
 from ..redaction import HiddenSettings, Secret, plain
-from ..registry import Registry
 from .base import CredentialProvider
 
 __all__ = [

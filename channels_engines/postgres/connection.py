@@ -1,4 +1,4 @@
-"""Where the engine connects and as whom.
+"""Where the engine connects and as whom: the :class:`Login`.
 
 The target (host, port, database, TLS settings) comes from ``dsn``/``connection`` or from
 a Django ``DATABASES`` alias; with no connection settings at all the engine reuses
@@ -14,28 +14,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 import math
 import re
-from collections.abc import Mapping
+import time
+import weakref
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from ..credentials import CredentialCache, Credentials, resolve_provider
-from ..credentials.builtin import DjangoProvider, NotPostgreSQL
+from ..credentials import CredentialCache, Credentials, CredentialsError, resolve_provider
+from ..credentials.builtin import DjangoProvider
 from ..exceptions import InvalidConfigError
 from ..redaction import HiddenSettings, Secret, plain
 
-__all__ = ["ConnectionSettings", "Failure", "classify"]
+__all__ = ["Failure", "Login", "NotPostgreSQL", "classify"]
+
+logger = logging.getLogger("channels_engines.postgres")
 
 _APPLICATION_NAME = "channels_engines"
 
 Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 
 
-class ConnectionSettings:
-    """Builds connection parameters and opens connections for the pool and the listener."""
+class Login:
+    """Where and as whom the engine connects, for every event loop of a layer in a process.
+
+    Owns the target (from the settings), the credential cache, the probe that proves new
+    credentials before they are used, what a revoked login looks like, and refreshing
+    ahead of expiry. The pool and the listener open their connections through it, and
+    the pool tags idle connections with :meth:`tag` so that none outlives its login.
+    """
 
     def __init__(self, options: Mapping[str, Any] | HiddenSettings, where: str) -> None:
         # Opaque while they are read (error trackers record the local variables of a
@@ -64,12 +75,20 @@ class ConnectionSettings:
         if self.database is not None:
             self._check_alias(self.database)
             self._alias = DjangoProvider(alias=self.database)
+            self._alias.check_backend = _require_postgresql
         self.credentials: CredentialCache | None = None
         if settings.get("credentials") is not None:
             self._refuse_static_login(settings)
             provider = resolve_provider(settings["credentials"], where=where)
+            if isinstance(provider, DjangoProvider):
+                provider.check_backend = _require_postgresql
             self.credentials = CredentialCache(provider, describe=repr(provider))
             self.credentials.set_verifier(self.probe)
+        self._refresh_failing = False
+        # When each event loop last reacted to a revoked login.
+        self._revoked_at: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, float] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def _explicit(
         self, settings: HiddenSettings, dsn_key: str, keywords_key: str
@@ -187,6 +206,61 @@ class ConnectionSettings:
         sqlstate = getattr(error, "sqlstate", None)
         return self.credentials is not None and sqlstate in ("42501", "42704")
 
+    def drop_revoked(self, error: BaseException) -> bool:
+        """After ``error`` on a live session: if it means a revoked login, drop the
+        credentials (at most once a second per event loop) and return True, for the
+        caller to :meth:`renew` them and reconnect."""
+        if not self.revoked(error):
+            return False
+        assert self.credentials is not None
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        if now - self._revoked_at.get(loop, float("-inf")) < 1.0:
+            return False
+        self._revoked_at[loop] = now
+        logger.warning(
+            "The database refused a query for lack of privileges; refreshing credentials "
+            "and reconnecting."
+        )
+        self.credentials.invalidate(self.credentials.current)
+        return True
+
+    async def renew(self) -> None:
+        """Fetch credentials afresh (after :meth:`drop_revoked`)."""
+        assert self.credentials is not None
+        await self.credentials.get()
+
+    async def refresh_ahead(self) -> None:
+        """Refresh ahead of expiry even when no connection is being opened, so that the
+        swap happens while the current login still works. Failures are logged (once until
+        it works again), not raised: the next call tries again."""
+        cache = self.credentials
+        if cache is None or not cache.needs_refresh():
+            return
+        try:
+            await cache.get()
+        except Exception as exc:
+            if not self._refresh_failing:
+                logger.warning("Credential refresh failed (%s); will retry.", exc)
+            self._refresh_failing = True
+        else:
+            if self._refresh_failing:
+                logger.info("Credential refresh works again.")
+            self._refresh_failing = False
+
+    def tag(self) -> object:
+        """What pooled connections log in with now (None: fixed settings or an alias)."""
+        return None if self.credentials is None else self.credentials.current
+
+    def subscribe(self, key: object, changed: Callable[[], None]) -> None:
+        """Call ``changed`` on the caller's loop when the credentials change."""
+        if self.credentials is not None:
+            self.credentials.subscribe(key, changed)
+
+    def unsubscribe(self, key: object) -> None:
+        if self.credentials is not None:
+            self.credentials.unsubscribe(key)
+
     def describe(self, purpose: str = "pool") -> str:
         """Where connections go, for log messages: never includes a password."""
         if purpose == "listen" and self._listen is not None:
@@ -194,6 +268,23 @@ class ConnectionSettings:
         if self._static is not None:
             return _describe(self._static)
         return f"DATABASES[{self.database!r}]"
+
+
+class NotPostgreSQL(CredentialsError):
+    """The DATABASES alias does not use a PostgreSQL backend."""
+
+    def __init__(self, alias: str, backend: str) -> None:
+        super().__init__(
+            f"DATABASES[{alias!r}] uses the backend {backend!r}, which is not PostgreSQL"
+        )
+        self.alias = alias
+        self.backend = backend
+
+
+def _require_postgresql(alias: str, wrapper: Any) -> None:
+    """The check this engine gives ``django`` credential providers: a PostgreSQL alias."""
+    if wrapper.vendor != "postgresql":
+        raise NotPostgreSQL(alias, str(wrapper.settings_dict.get("ENGINE")))
 
 
 # TCP keepalives, unless the settings choose their own: a peer that vanished without a

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from channels.exceptions import ChannelFull
 
 from .._version import __version__
-from ..engine import BaseChannelEngine, EngineConfig
+from ..contract import BaseChannelEngine, EngineConfig
 from ..exceptions import ChannelLayerClosed
 from ..loops import closing
 from ..mailbox import Mailbox
@@ -33,12 +33,12 @@ from .options import OPTIONS
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
 
-    from .connection import ConnectionSettings
+    from .connection import Login
     from .delivery import Delivery, Inbox
     from .listener import Listener
     from .maintenance import Maintenance
     from .pool import ConnectionPool, IdleHandoff
-    from .schema import Statements
+    from .schema import Statements, TablesAtFirstUse
     from .sending import Senders, Writer
 
 __all__ = ["PostgresEngine"]
@@ -63,17 +63,24 @@ class PostgresEngine(BaseChannelEngine):
 
     @classmethod
     def create_shared(cls, config: EngineConfig) -> _Shared:
-        from .connection import ConnectionSettings
+        from .connection import Login
         from .delivery import Inbox
         from .pool import IdleHandoff
-        from .schema import Statements, Tables
+        from .schema import Statements, Tables, TablesAtFirstUse
         from .sending import Senders
 
         options = config.options
         tables = Tables(options["schema"], options["table_prefix"], options["unlogged"])
+        statements = Statements(tables)
         return _Shared(
-            connection=ConnectionSettings(options, config.where),
-            statements=Statements(tables),
+            login=Login(options, config.where),
+            statements=statements,
+            tables=TablesAtFirstUse(
+                statements,
+                create=options["create_tables"],
+                where=config.where,
+                timeout=options["pool_timeout"],
+            ),
             namespace=tables.namespace,
             handoff=IdleHandoff(options["pool_max_size"]),
             inbox=Inbox(),
@@ -99,8 +106,6 @@ class PostgresEngine(BaseChannelEngine):
         self._flush_identifier = listen_identifier(shared.namespace, "#flush")
         self._closed = False
         self._last_drop_warning = 0.0
-        self._last_revocation = 0.0
-        self._refresh_failing = False
         self._writer: Writer = Writer(
             connection=self._connection,
             statements=shared.statements,
@@ -243,9 +248,7 @@ class PostgresEngine(BaseChannelEngine):
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
-        cache = self.shared.connection.credentials
-        if cache is not None:
-            cache.unsubscribe(self)
+        self.shared.login.unsubscribe(self)
         pool, self._pool = self._pool, None
         if pool is not None:
             # When the loop itself is ending (async_to_sync, asyncio.run), its idle
@@ -297,7 +300,6 @@ class PostgresEngine(BaseChannelEngine):
         """Create and start the listener; synchronous so concurrent receives share one."""
         from .listener import Listener
 
-        settings = self.shared.connection
         options = self._options
         self._listener = Listener(
             connect=self._connect_listener,
@@ -310,7 +312,7 @@ class PostgresEngine(BaseChannelEngine):
             heartbeat_timeout=options["heartbeat_timeout"],
             query_timeout=options["query_timeout"],
             check_timeout=max(5.0, options["heartbeat_timeout"]),
-            describe=settings.describe("listen"),
+            describe=self.shared.login.describe("listen"),
         )
         self._listener.watch([self._flush_identifier, *self._watched])
         self._listener.start()
@@ -319,7 +321,7 @@ class PostgresEngine(BaseChannelEngine):
     async def _connect_listener(self) -> AsyncConnection[tuple[Any, ...]]:
         from .deadlines import within
 
-        conn = await self.shared.connection.connect(
+        conn = await self.shared.login.connect(
             "listen", max(self._options["query_timeout"], self._options["heartbeat_timeout"])
         )
         try:
@@ -428,20 +430,7 @@ class PostgresEngine(BaseChannelEngine):
         inbox.mailbox.expire()
         # A sender's retry arrives within its deadline and expires within ``expiry``.
         inbox.forget_senders(time.monotonic() - 2 * (self.config.expiry + self._deadline()))
-        cache = self.shared.connection.credentials
-        if cache is not None and cache.needs_refresh():
-            # Refresh ahead of expiry even when no connection is being opened, so
-            # that the swap happens while the current login still works.
-            try:
-                await cache.get()
-            except Exception as exc:
-                if not self._refresh_failing:
-                    logger.warning("Credential refresh failed (%s); will retry.", exc)
-                self._refresh_failing = True
-            else:
-                if self._refresh_failing:
-                    logger.info("Credential refresh works again.")
-                self._refresh_failing = False
+        await self.shared.login.refresh_ahead()
 
     def _deadline(self) -> float:
         return float(self._options["pool_timeout"])
@@ -457,28 +446,14 @@ class PostgresEngine(BaseChannelEngine):
             try:
                 yield conn
             except Exception as exc:
-                if self.shared.connection.revoked(exc):
-                    self._credentials_revoked()
+                if self.shared.login.drop_revoked(exc):
+                    # The login lost its rights on a live session: new credentials, and
+                    # the connections made with the old ones replaced.
+                    self._spawn(self._renew_login())
                 raise
 
-    def _credentials_revoked(self) -> None:
-        """The login lost its rights on a live session: fetch new credentials, reconnect."""
-        cache = self.shared.connection.credentials
-        now = time.monotonic()
-        if cache is None or now - self._last_revocation < 1.0:
-            return
-        self._last_revocation = now
-        logger.warning(
-            "The database refused a query for lack of privileges; refreshing credentials "
-            "and reconnecting."
-        )
-        cache.invalidate(cache.current)
-        self._spawn(self._refresh_credentials())
-
-    async def _refresh_credentials(self) -> None:
-        cache = self.shared.connection.credentials
-        assert cache is not None
-        await cache.get()
+    async def _renew_login(self) -> None:
+        await self.shared.login.renew()
         self._credentials_changed()
 
     def _credentials_changed(self) -> None:
@@ -497,7 +472,6 @@ class PostgresEngine(BaseChannelEngine):
             if self._pool is None:
                 from .maintenance import Maintenance
                 from .pool import ConnectionPool
-                from .schema import ensure_tables
 
                 options = self._options
                 pool = ConnectionPool(
@@ -506,28 +480,19 @@ class PostgresEngine(BaseChannelEngine):
                     max_size=options["pool_max_size"],
                     timeout=options["pool_timeout"],
                     check_after=options["heartbeat_interval"],
-                    describe=self.shared.connection.describe("pool"),
+                    describe=self.shared.login.describe("pool"),
                     handoff=self.shared.handoff,
-                    tag=self._login,
+                    tag=self.shared.login.tag,
                 )
                 try:
-                    if not self.shared.tables_ready:
+                    if not self.shared.tables.ready:
                         async with pool.connection() as conn:
-                            await ensure_tables(
-                                conn,
-                                self.shared.statements,
-                                create=options["create_tables"],
-                                where=self.config.where,
-                                timeout=options["pool_timeout"],
-                            )
-                        self.shared.tables_ready = True
+                            await self.shared.tables.ensure(conn)
                 except BaseException:
                     await pool.close()
                     raise
                 self._pool = pool
-                cache = self.shared.connection.credentials
-                if cache is not None:
-                    cache.subscribe(self, self._credentials_changed)
+                self.shared.login.subscribe(self, self._credentials_changed)
                 self._maintenance = Maintenance(
                     interval=options["sweep_interval"],
                     cleanup_interval=options["cleanup_interval"],
@@ -541,13 +506,8 @@ class PostgresEngine(BaseChannelEngine):
                 self._maintenance.start()
             return self._pool
 
-    def _login(self) -> object:
-        """What pooled connections log in with now (None: fixed settings or an alias)."""
-        cache = self.shared.connection.credentials
-        return None if cache is None else cache.current
-
     async def _connect_pooled(self, timeout: float) -> AsyncConnection[tuple[Any, ...]]:
-        return await self.shared.connection.connect("pool", timeout)
+        return await self.shared.login.connect("pool", timeout)
 
     # Helpers -----------------------------------------------------------------------
 
@@ -594,14 +554,15 @@ class PostgresEngine(BaseChannelEngine):
 class _Shared:
     """What every event loop's engine of one layer shares in a process."""
 
-    connection: ConnectionSettings
+    login: Login
     statements: Statements
+    #: Created or checked by the first connection of any loop.
+    tables: TablesAtFirstUse
     namespace: str
     #: Idle pool connections passed from a closing event loop to the next one.
     handoff: IdleHandoff
     inbox: Inbox
     senders: Senders
-    tables_ready: bool = False
 
     @property
     def mailbox(self) -> Mailbox:

@@ -579,3 +579,30 @@ def _older_layout(statements: Statements, where: str) -> str:
         "apply the SQL from `python -m channels_engines.postgres schema` (it changes only "
         "what is missing)."
     )
+
+
+class TablesAtFirstUse:
+    """The tables of one layer, created or checked by the first connection any event loop
+    of the process opens, then taken as ready.
+
+    ``create`` is ``CONFIG['create_tables']``; each statement gets ``timeout`` seconds.
+    """
+
+    def __init__(self, statements: Statements, *, create: bool, where: str, timeout: float):
+        self.statements = statements
+        self._create = create
+        self._where = where
+        self._timeout = timeout
+        self.ready = False
+
+    async def ensure(self, conn: AsyncConnection[tuple[Any, ...]]) -> None:
+        """Make sure the tables exist and are up to date, once per process."""
+        if self.ready:
+            return
+        await ensure_tables(
+            conn, self.statements, create=self._create, where=self._where, timeout=self._timeout
+        )
+        self.ready = True
+
+
+__all__ += ["TablesAtFirstUse"]

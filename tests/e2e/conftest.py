@@ -1,8 +1,8 @@
 """Fixtures of the end-to-end tests: a database for the chat example, and its servers.
 
-The servers use the test server of ``CHANNELS_ENGINES_TEST_DSN`` (exported by the top
-conftest), in a database of their own that is created here and dropped afterwards, so the
-other tests' tables are never touched.
+The servers use the test server of ``CHANNELS_ENGINES_TEST_DSN`` (the top conftest's
+``test_server``, started there when none is configured), in a database of their own
+that is created here and dropped afterwards, so the other tests' tables are never touched.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from .harness import (
 
 
 @pytest.fixture(scope="session")
-def chat_database() -> Iterator[str]:
+def chat_database(test_server: str) -> Iterator[str]:
     """A fresh database with the example's tables (``manage.py migrate``); its URL."""
     with fresh_database("chat_e2e") as url:
         _remove_old_logs()

@@ -30,7 +30,8 @@ from psycopg.conninfo import make_conninfo
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests import polling
+from tests.support import polling
+from tests.support.pgtools import server_dsn
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAT_DIR = ROOT / "examples" / "chat"
@@ -83,7 +84,7 @@ def run(coroutine: Any, timeout: float = 60.0) -> Any:
 def fresh_database(name: str) -> Iterator[str]:
     """A new database ``NAME_RUN`` on the test server (``CHANNELS_ENGINES_TEST_DSN``),
     dropped afterwards; its URL."""
-    base = os.environ["CHANNELS_ENGINES_TEST_DSN"]
+    base = server_dsn()
     name = f"{name}_{RUN}"
     created = False
     try:

@@ -33,7 +33,7 @@ from urllib.parse import quote, unquote
 import psycopg
 from psycopg import sql
 
-from channels_engines.embedded import EmbeddedPostgres
+from channels_engines.postgres.embedded import EmbeddedPostgres
 
 # -- PostgreSQL with passwords ---------------------------------------------------------
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .engine import BaseChannelEngine
+from .contract import BaseChannelEngine
 from .exceptions import InvalidEngineError
-from .registry import Registry
+from .plugins import Registry
 from .requirements import Requirement
 
 __all__ = ["EngineInfo", "available_engines", "engines", "register_engine"]

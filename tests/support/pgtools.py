@@ -28,10 +28,41 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from channels_engines import EngineChannelLayer
-from tests.polling import payload_bytes, wait_for
+from channels_engines.testing import engine_for
+from tests.support.polling import payload_bytes, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
-TEST_DSN = os.environ["CHANNELS_ENGINES_TEST_DSN"]
+REPO = Path(__file__).resolve().parents[2]
+_EMBEDDED: list[Any] = []  # the embedded server, once one was started
+
+
+def server_dsn() -> str:
+    """The test server's DSN: ``CHANNELS_ENGINES_TEST_DSN``, or when it is unset or
+    ``embedded`` a private server started now (once per process), whose DSN is then
+    exported so that child processes and Django's ``default`` alias use it too."""
+    dsn = os.environ.get("CHANNELS_ENGINES_TEST_DSN", "").strip()
+    if dsn and dsn != "embedded":
+        return dsn
+    from django.conf import settings as django_settings
+    from django.db import connections
+    from psycopg.conninfo import conninfo_to_dict
+
+    from channels_engines.postgres.embedded import EmbeddedPostgres
+
+    server = EmbeddedPostgres().start()
+    _EMBEDDED.append(server)
+    server.create_database("channels_engines_test")
+    dsn = server.dsn("channels_engines_test")
+    os.environ["CHANNELS_ENGINES_TEST_DSN"] = dsn
+    params = conninfo_to_dict(dsn)
+    entry = django_settings.DATABASES["default"]
+    for key, name in (("NAME", "dbname"), ("USER", "user"), ("HOST", "host"), ("PORT", "port")):
+        entry[key] = params.get(name, "")
+    entry["PASSWORD"] = params.get("password", "")
+    connections.close_all()
+    connections.settings = connections.configure_settings(django_settings.DATABASES)
+    return dsn
+
+
 ADMIN_APP = "ce_tests_admin"
 #: Client ports of this process' observer connections, never counted as the layer's.
 OBSERVERS: set[int] = set()
@@ -42,11 +73,11 @@ def unique(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(4)}"
 
 
-def config(app: str, *, prefix: str, dsn: str = TEST_DSN, **options: Any) -> dict[str, Any]:
+def config(app: str, *, prefix: str, dsn: str | None = None, **options: Any) -> dict[str, Any]:
     """A postgres layer CONFIG on tables ``prefix*`` whose connections carry ``app``."""
     result: dict[str, Any] = {
         "ENGINE": "postgres",
-        "dsn": dsn,
+        "dsn": dsn or server_dsn(),
         "connection": {"application_name": app},
         "table_prefix": prefix,
     }
@@ -60,7 +91,9 @@ def make_layer(app: str, **kwargs: Any) -> EngineChannelLayer:
 
 def engine_of(layer: EngineChannelLayer) -> Any:
     """The layer's engine for the running event loop (for counters such as reconnects)."""
-    return layer._engines[asyncio.get_running_loop()]
+    engine = engine_for(layer)
+    assert engine is not None, "nothing was done on this event loop yet"
+    return engine
 
 
 def run(coroutine: Any, timeout: float = 120.0) -> Any:
@@ -86,8 +119,8 @@ def digest(data: bytes) -> str:
 class Admin:
     """A superuser autocommit connection used to observe (and fault) the server."""
 
-    def __init__(self, dsn: str = TEST_DSN, **options: Any) -> None:
-        self.dsn = dsn
+    def __init__(self, dsn: str | None = None, **options: Any) -> None:
+        dsn = self.dsn = dsn or server_dsn()
         self.conn = psycopg.connect(dsn, autocommit=True, application_name=ADMIN_APP, **options)
         self.port = int(conninfo_to_dict(dsn).get("port") or 5432)
         self.local_port = local_port(self.conn)
@@ -169,7 +202,7 @@ class Admin:
 
 @contextlib.contextmanager
 def dropped_afterwards(
-    prefix: str, schema: str | None = None, dsn: str = TEST_DSN
+    prefix: str, schema: str | None = None, dsn: str | None = None
 ) -> Iterator[None]:
     try:
         yield
@@ -210,7 +243,7 @@ class Sampler:
     seen again by a second look (a transaction-level lock cannot outlive its transaction).
     """
 
-    def __init__(self, app: str | None, dsn: str = TEST_DSN, every: float = 0.005) -> None:
+    def __init__(self, app: str | None, dsn: str | None = None, every: float = 0.005) -> None:
         self.app = app
         self.admin = Admin(dsn)
         self.every = every
@@ -327,12 +360,19 @@ def default_database() -> dict[str, Any]:
 
 
 class Child:
-    """``python -m tests.pg_process`` with a JSON job; talks in JSON lines on stdout/stdin."""
+    """``python -m <module> <JSON job>`` (by default :mod:`tests.support.pg_process`);
+    talks in JSON lines on stdout/stdin."""
 
-    def __init__(self, job: dict[str, Any], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        job: dict[str, Any],
+        env: dict[str, str] | None = None,
+        *,
+        module: str = "tests.support.pg_process",
+    ) -> None:
         self.job = job
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.pg_process", json.dumps(job)],
+            [sys.executable, "-m", module, json.dumps(job)],
             cwd=REPO,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

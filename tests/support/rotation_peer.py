@@ -1,11 +1,12 @@
 """Helpers for tests/test_credentials_rotation.py: credential providers, and a peer process.
 
-``python -m tests.rotation_peer '<job>'`` runs one peer of a two-process exchange: it
+``python -m tests.support.rotation_peer '<job>'`` runs one peer of a two-process exchange: it
 builds a layer from the job's CONFIG, receives on a normal and a process-specific channel
 (both members of the job's group), and once told ``go`` (with the other peer's channels)
 sends point-to-point messages to the other peer's two channels and group messages to the
 group, until told ``stop``. It reports in JSON lines on stdout (``ready``, ``sent``,
-``received``), like ``tests.pg_process``, so :class:`tests.pgtools.Child` can drive it.
+``received``), like ``tests.support.pg_process``, so :class:`tests.support.pgtools.Child`
+can drive it.
 
 The providers here stand in for rotating secrets:
 
@@ -37,6 +38,7 @@ from psycopg import sql
 
 from channels_engines.credentials import CredentialProvider, Credentials
 from channels_engines.options import Option
+from channels_engines.testing import engine_for
 
 # Providers ---------------------------------------------------------------------------------
 
@@ -198,8 +200,8 @@ async def exchange(layer: Any, job: dict[str, Any]) -> None:
     async def watch_listener() -> None:
         nonlocal listener_gaps
         while watching:
-            engine = layer._engines.get(loop)
-            listener = getattr(engine, "_listener", None)
+            engine = engine_for(layer, loop)
+            listener = getattr(engine, "listener", None)
             pid = listener.backend_pid if listener is not None else None
             if pid is None:
                 if listener_pids:
@@ -210,8 +212,8 @@ async def exchange(layer: Any, job: dict[str, Any]) -> None:
 
     deadline = time.monotonic() + 30
     while True:
-        engine = layer._engines.get(loop)
-        listener = getattr(engine, "_listener", None)
+        engine = engine_for(layer, loop)
+        listener = getattr(engine, "listener", None)
         waiting = layer._shared.mailbox.waiting()
         if (
             listener is not None
@@ -258,7 +260,7 @@ async def exchange(layer: Any, job: dict[str, Any]) -> None:
     assert line == "stop", line
     stop.set()
     await asyncio.gather(*senders)
-    cache = layer._engines[loop].shared.connection.credentials
+    cache = engine_for(layer, loop).shared.login.credentials
     emit(
         "sent",
         streams=streams,
@@ -280,8 +282,8 @@ async def exchange(layer: Any, job: dict[str, Any]) -> None:
     for task in receivers:
         task.cancel()
     await asyncio.gather(*receivers, return_exceptions=True)
-    engine = layer._engines[loop]
-    listener = engine._listener
+    engine = engine_for(layer, loop)
+    listener = engine.listener
     provider = cache.provider if cache is not None else None
     emit(
         "received",
@@ -293,7 +295,7 @@ async def exchange(layer: Any, job: dict[str, Any]) -> None:
         fetches=cache.fetches if cache is not None else None,
         rotations=cache.rotations if cache is not None else None,
         mints=getattr(provider, "mints", None),
-        pool=dict(engine._pool.stats) if engine._pool is not None else None,
+        pool=dict(engine.pool.stats) if engine.pool is not None else None,
     )
     await read_line()  # keep the layer open until the test has looked at the server
 

@@ -1,4 +1,4 @@
-"""A second process for the PostgreSQL engine tests: ``python -m tests.pg_process '<job>'``.
+"""A second process for the PostgreSQL engine tests: ``python -m tests.support.pg_process '<job>'``.
 
 Configures Django with ``tests.settings`` (the database comes from
 CHANNELS_ENGINES_TEST_DSN), builds a layer from the job's CONFIG and does one job,
@@ -38,7 +38,8 @@ import django
 django.setup()
 
 from channels_engines import EngineChannelLayer  # noqa: E402
-from tests.polling import payload_bytes  # noqa: E402
+from channels_engines.testing import engine_for  # noqa: E402
+from tests.support.polling import payload_bytes  # noqa: E402
 
 
 def emit(event: str, **data: Any) -> None:
@@ -77,8 +78,8 @@ async def receive_job(layer: EngineChannelLayer, job: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + 30
     while True:
-        engine = layer._engines.get(loop)
-        listener = getattr(engine, "_listener", None)
+        engine = engine_for(layer, loop)
+        listener = getattr(engine, "listener", None)
         waiters = layer._shared.mailbox.waiting() if channels else {}
         if (
             listener is not None
@@ -94,8 +95,8 @@ async def receive_job(layer: EngineChannelLayer, job: dict[str, Any]) -> None:
     _done, pending = await asyncio.wait(tasks, timeout=job.get("timeout", 60))
     for task in pending:
         task.cancel()
-    engine = layer._engines.get(loop)
-    listener = getattr(engine, "_listener", None)
+    engine = engine_for(layer, loop)
+    listener = getattr(engine, "listener", None)
     emit(
         "received",
         messages=received,
@@ -109,7 +110,7 @@ async def receive_job(layer: EngineChannelLayer, job: dict[str, Any]) -> None:
         # Keep the layer (and its listener) until told to finish; a number is the PID of
         # the LISTEN backend the parent last saw, which this listener must have reached.
         line = await read_line()
-        listener = getattr(layer._engines.get(loop), "_listener", None)
+        listener = getattr(engine_for(layer, loop), "listener", None)
         deadline = time.monotonic() + 10
         while line.isdigit() and listener is not None and listener.backend_pid != int(line):
             if time.monotonic() > deadline:

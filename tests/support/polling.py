@@ -1,6 +1,6 @@
 """Waiting for an observable condition, and deterministic payloads.
 
-Kept free of heavy imports so that helper processes (``tests.pg_process``) and every
+Kept free of heavy imports so that helper processes (``tests.support.pg_process``) and every
 support module can share one copy.
 """
 
