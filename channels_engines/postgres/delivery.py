@@ -68,10 +68,6 @@ class Inbox:
     backlog: set[str] = field(default_factory=set)
     #: (queue, sender) -> (latest sequence number delivered, when).
     seen: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)
-    #: Engines (event loops) of this process that flushed the layer and have not yet
-    #: heard their flush's notification: notes they read before it are of messages the
-    #: flush removed.
-    flushing: set[int] = field(default_factory=set)
     #: The latest flush epoch this process has seen (None: none yet).
     epoch: int | None = None
     last_warning: float = 0.0
@@ -98,6 +94,8 @@ class Inbox:
         if self.epoch is None or epoch > self.epoch:
             if self.epoch is not None:
                 self.mailbox.clear()
+                # Notes waiting for a claim were sent before the flush.
+                self.held.clear()
             self.epoch = epoch
             return True
         return epoch == self.epoch
@@ -146,6 +144,9 @@ class Delivery:
         # (queue, sender, seq) of rows whose messages were delivered from notes.
         self._delivered: list[tuple[str, int, int]] = []
         self._last_forgery_warning = 0.0
+        # The flush epoch as of the notifications this engine's listener has read: notes
+        # are used only while it is the process's epoch.
+        self.stream_epoch: int | None = None
         #: Messages delivered straight from their notification, and their rows deleted
         #: (for tests and stats).
         self.from_notes = 0
@@ -184,6 +185,11 @@ class Delivery:
                     # More than fits: the claim runs again and takes their rows.
                     inbox.held[queue] = [None]
                 return False
+            if inbox.epoch is None or self.stream_epoch != inbox.epoch:
+                # A flush this listener has not reached in its notifications yet (or
+                # no epoch known at all): notes before it are of messages the flush
+                # removed, so the table decides until then.
+                return True
             if None in notes or queue in inbox.backlog:
                 # Rows that only a claim can take come first; the notes' rows stay
                 # in the table, and the claim takes them in order.
@@ -199,9 +205,10 @@ class Delivery:
         now, wall = time.monotonic(), time.time()
         delivered: list[tuple[str, int, int]] = []
         duplicates = expired = flushed = 0
-        if id(self) in inbox.flushing:
-            # Sent before this process's own flush, which deleted their rows.
-            return delivered, duplicates, expired, len(notes)
+        if queue in inbox.backlog:
+            # The mailbox filled up: rows wait in the table, and the claim that takes
+            # them once there is room must not be overtaken.
+            return delivered, duplicates, expired, flushed
         room = self._capacity_for(queue) - inbox.mailbox.count(queue)
         items = []
         for note in notes:
@@ -245,7 +252,7 @@ class Delivery:
                 inbox.claim_again.discard(queue)
                 return True
             held = inbox.held.pop(queue, [])
-            if None in held:
+            if None in held or (held and self.stream_epoch != inbox.epoch):
                 return True
             counts = self._deliver_notes(queue, held) if held else None  # type: ignore[arg-type]
             inbox.claiming.discard(queue)
@@ -273,11 +280,6 @@ class Delivery:
                 what="deleting delivered rows",
             )
             self.reaped += int(found[0][0]) if found else 0
-
-    def heard_flush(self) -> None:
-        """This engine's listener read a flush notification: notes after it are new."""
-        with self.inbox.lock:
-            self.inbox.flushing.discard(id(self))
 
     def _forgeries(self, queue: str, count: int) -> None:
         self._events().count("receive.forged_notification", count)
@@ -348,20 +350,20 @@ class Delivery:
             timeout=self._query_timeout,
             what="reading the flush epoch",
         )
-        with self.inbox.lock:
-            # Whatever a flush of this process removed is gone from the table now.
-            self.inbox.flushing.discard(id(self))
-            if rows:
-                self.inbox.apply_epoch(int(rows[0][0]))
-
-    def flushed(self, epoch: int, *, notified: bool) -> None:
-        """This process flushed the layer, moving the epoch to ``epoch``; ``notified``
-        if the flush's notification was sent (it follows every note of a message that
-        the flush removed)."""
+        if not rows:
+            return
+        epoch = int(rows[0][0])
         with self.inbox.lock:
             self.inbox.apply_epoch(epoch)
-            if notified:
-                self.inbox.flushing.add(id(self))
+            # This listener has read every notification sent before the epoch it read
+            # (which may be older than what the process knows by now).
+            self.stream_epoch = epoch
+
+    def flushed(self, epoch: int) -> None:
+        """This process flushed the layer, moving the epoch to ``epoch`` (notes are then
+        used again once the listener reaches the flush's notification)."""
+        with self.inbox.lock:
+            self.inbox.apply_epoch(epoch)
 
     # Claiming ------------------------------------------------------------------------
 
@@ -465,16 +467,8 @@ class Delivery:
                 flushed = len(rows)
                 rows = ()
             for _, channels, payload, ttl, sender, seq, _, fresh, size, _ in rows:
-                if payload is None and size is not None:
-                    # Over max_message_size: what the layer counts as undecodable.
-                    oversized += 1
-                    self._report(queue, f"a payload of {size:,} bytes, over max_message_size")
-                    continue
-                problem = self._problem(queue, channels, payload, ttl)
-                if problem is not None:
-                    invalid += 1
-                    self._report(queue, problem)
-                    continue
+                # A second copy first: its first was delivered (or counted) already,
+                # from this table or from its notification.
                 if not fresh:
                     duplicates += 1
                     continue
@@ -485,6 +479,16 @@ class Delivery:
                         duplicates += 1
                         continue
                     inbox.seen[key] = (int(seq), now)
+                if payload is None and size is not None:
+                    # Over max_message_size: what the layer counts as undecodable.
+                    oversized += 1
+                    self._report(queue, f"a payload of {size:,} bytes, over max_message_size")
+                    continue
+                problem = self._problem(queue, channels, payload, ttl)
+                if problem is not None:
+                    invalid += 1
+                    self._report(queue, problem)
+                    continue
                 expires_at = now + min(float(ttl), self._expiry())
                 items.append((channels, bytes(payload), expires_at))
             inbox.mailbox.put_many(items)

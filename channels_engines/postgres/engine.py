@@ -210,20 +210,14 @@ class PostgresEngine(BaseChannelEngine):
             # had claimed before it; the notification itself carries nothing.
             # Not when the notification queue is nearly full (see schema.NOTIFY_UNTIL):
             # processes then learn the epoch at their next claim.
-            notified = await fetch(
+            await fetch(
                 conn,
                 statements.notify_flush,
                 [self._flush_identifier],
                 timeout=timeout,
                 what="flush()",
             )
-        listener = self._listener
-        hears = (
-            bool(notified and notified[0][0])
-            and listener is not None
-            and self._flush_identifier in listener.listening
-        )
-        self._delivery.flushed(int(rows[0][0]), notified=hears)
+        self._delivery.flushed(int(rows[0][0]))
 
     async def close(self) -> None:
         if self._closed:
@@ -355,23 +349,25 @@ class PostgresEngine(BaseChannelEngine):
         connection, the queues they only wake. ``notifications`` are (identifier,
         payload) in the order the server sent them."""
         delivery = self._delivery
-        flush = False
         texts: dict[str, list[str]] = {}
+        wake: set[str] = set()
+        read = False  # the epoch was read, and no note came since
         for identifier, payload in notifications:
             if identifier == self._flush_identifier:
-                # Notes before it were read under the old epoch; those of this process's
-                # own flush are of messages it removed.
-                self._take_notes(texts, wake=set())
-                texts.clear()
-                delivery.heard_flush()
-                flush = True
+                if read and not texts:
+                    continue
+                # Notes before it were read under the old epoch (those of this
+                # process's own flush are of messages it removed); the new epoch is read
+                # before any note after it is delivered, so a flush drops only what
+                # came before it. Anyone may notify: what a flush changed is read from
+                # the table.
+                self._take_notes(texts, wake)
+                texts = {}
+                await delivery.read_epoch(conn)
+                read = True
             elif identifier in self._watched:
                 texts.setdefault(identifier, []).append(payload)
-        wake: set[str] = set()
         self._take_notes(texts, wake)
-        if flush:
-            # Anyone may notify: what a flush changed is read from the table.
-            await delivery.read_epoch(conn)
         for identifier in wake:
             queue = self._watched.get(identifier)
             if queue is not None and not self._closed and self.shared.inbox.start_claim(queue):
