@@ -53,7 +53,7 @@ class Listener:
         connect: Connect,
         control: str,
         poke: Callable[[str, str], Awaitable[None]],
-        on_wake: Callable[[Connection, list[tuple[str, str]]], Awaitable[None]],
+        on_wake: Callable[[Connection, set[str]], Awaitable[None]],
         on_listening: Callable[[Iterable[str]], None],
         on_connect: Callable[[Connection], Awaitable[None]],
         heartbeat: float,
@@ -165,10 +165,6 @@ class Listener:
             try:
                 self._conn = await self._connect()
                 await self._listen(self._wanted)
-                # What arrived while nothing listened is claimed from here on: the
-                # claims start before any notification is read, so that a message
-                # carried by a notification never overtakes an older row.
-                self._on_listening(self._listened)
                 if not self._ready.done():
                     await self._check_delivery()
                     self._ready.set_result(None)
@@ -183,6 +179,7 @@ class Listener:
                 failing_since, attempt = None, 0
                 # What changed while no notification could reach this connection.
                 await self._on_connect(self._conn)
+                self._on_listening(self._listened)
                 await self._serve()
             except asyncio.CancelledError:
                 raise
@@ -241,7 +238,7 @@ class Listener:
         expected = f"check:{secrets.token_hex(8)}"
         await self._poke(self._control, expected)
         deadline = time.monotonic() + self._check_timeout
-        woken: list[tuple[str, str]] = []
+        woken: set[str] = set()
         try:
             while True:
                 remaining = deadline - time.monotonic()
@@ -254,17 +251,12 @@ class Listener:
                         "cannot LISTEN. Point CONFIG['listen_dsn'] (or 'listen_connection') at "
                         "the primary server directly."
                     )
-                heard = False
-                # The whole packet is read, even past the check: leaving the stream
-                # early would drop the notifications that came with it.
                 async for note in conn.notifies(timeout=remaining, stop_after=1):
                     if note.channel == self._control and note.payload == expected:
-                        heard = True
-                    elif note.channel != self._control:
-                        woken.append((note.channel, note.payload))
-                if heard:
-                    return
+                        return
+                    woken.add(note.channel)
         finally:
+            woken.discard(self._control)
             if woken:
                 await self._on_wake(conn, woken)
 
@@ -281,16 +273,13 @@ class Listener:
                 self._on_listening(pending)
             if self._unwanted:
                 await self._unlisten(conn)
-            woken: list[tuple[str, str]] = []
-            heard = False
+            woken: set[str] = set()
             # stop_after=1 ends the wait after one packet of notifications, all of it
-            # delivered: nothing is dropped by leaving the stream. They are handed on in
-            # the order the server sent them (the order their transactions committed).
+            # delivered: nothing is dropped by leaving the stream.
             async for note in conn.notifies(timeout=self._heartbeat, stop_after=1):
-                heard = True
-                if note.channel != self._control:
-                    woken.append((note.channel, note.payload))
-            if heard:
+                woken.add(note.channel)
+            if woken:
+                woken.discard(self._control)
                 if woken:
                     await self._on_wake(conn, woken)
                 continue
