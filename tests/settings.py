@@ -8,7 +8,10 @@ SECRET_KEY = "channels-engines-tests"
 USE_TZ = True
 INSTALLED_APPS = ["channels", "channels_engines"]
 
-_params = conninfo_to_dict(os.environ.get("CHANNELS_ENGINES_TEST_DSN", "dbname=test"))
+# Unset or "embedded": a private server is started when a test first needs one
+# (tests.support.pgtools.server_dsn), which then fills in the alias below.
+_dsn = os.environ.get("CHANNELS_ENGINES_TEST_DSN", "").strip()
+_params = conninfo_to_dict(_dsn if _dsn and _dsn != "embedded" else "dbname=test")
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.postgresql",
