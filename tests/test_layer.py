@@ -654,12 +654,16 @@ def test_a_capacity_assigned_to_a_running_memory_layer_applies_to_the_next_send(
 
 
 @pytest.mark.postgres
-def test_an_expiry_assigned_after_construction_is_what_the_server_stores(prefix: str) -> None:
-    """As Channels' own tests do with ``layer.expiry``: assigned before the first use."""
+def test_an_expiry_assigned_to_a_running_postgres_layer_is_what_the_server_stores(
+    prefix: str,
+) -> None:
+    """As Channels' own tests do with ``layer.expiry``, here after the engine started."""
     from tests.support.pgtools import Admin, make_layer, unique
 
     async def scenario() -> None:
         layer = make_layer(unique("ce_t"), prefix=prefix)
+        await layer.send("assigned.first", {"type": "started"})
+        assert await layer.receive("assigned.first") == {"type": "started"}
         layer.expiry = 1
         try:
             await layer.send("assigned.pg", {"type": "x"})

@@ -57,6 +57,7 @@ def test_the_classes_with_a_repr_are_found() -> None:
         "EngineChannelLayer",
         "Events",
         "HiddenSettings",
+        "Notary",
         "Sealer",
         "Secret",
         "VaultProvider",

@@ -36,6 +36,7 @@ from ..events import Events
 from ..mailbox import Mailbox
 from ..validation import non_local_name, require_channel_name
 from .deadlines import QueryTimeout, end_backend, fetch, outcome_unknown, within
+from .notes import Notary, Note
 from .schema import Statements
 from .sending import ConnectionContext
 
@@ -45,6 +46,8 @@ logger = logging.getLogger("channels_engines.postgres")
 
 # Rows claimed per query from a process-specific queue; the claim repeats while full.
 _CLAIM_BATCH = 256
+# Rows of delivered notes deleted per statement.
+_REAP_BATCH = 1000
 # Bad rows are reported at most this often (seconds); every one is counted.
 _WARN_EVERY = 60.0
 
@@ -59,6 +62,8 @@ class Inbox:
     lock: threading.Lock = field(default_factory=threading.Lock)
     claiming: set[str] = field(default_factory=set)
     claim_again: set[str] = field(default_factory=set)
+    #: Notes (None for a wake-up) that arrived while their queue was being claimed.
+    held: dict[str, list[Note | None]] = field(default_factory=dict)
     #: Own queues whose claim stopped because the mailbox held their capacity.
     backlog: set[str] = field(default_factory=set)
     #: (queue, sender) -> (latest sequence number delivered, when).
@@ -76,19 +81,12 @@ class Inbox:
             self.claiming.add(queue)
             return True
 
-    def finish_claim(self, queue: str, *, again: bool) -> bool:
-        """True if the claim must run once more (more rows, or a wake-up meanwhile)."""
-        with self.lock:
-            if again or queue in self.claim_again:
-                self.claim_again.discard(queue)
-                return True
-            self.claiming.discard(queue)
-            return False
-
     def abandon_claim(self, queue: str) -> None:
+        """A claim failed: notes held for it are dropped, their rows stay for the next."""
         with self.lock:
             self.claiming.discard(queue)
             self.claim_again.discard(queue)
+            self.held.pop(queue, None)
 
     def apply_epoch(self, epoch: int) -> bool:
         """Note a flush epoch; drop what was claimed before it. False if ``epoch`` is older
@@ -96,6 +94,8 @@ class Inbox:
         if self.epoch is None or epoch > self.epoch:
             if self.epoch is not None:
                 self.mailbox.clear()
+                # Notes waiting for a claim were sent before the flush.
+                self.held.clear()
             self.epoch = epoch
             return True
         return epoch == self.epoch
@@ -120,7 +120,7 @@ class Delivery:
         owns: Callable[[str], bool],
         capacity_for: Callable[[str], int],
         events: Callable[[], Events],
-        expiry: float,
+        expiry: Callable[[], float],
         max_message_size: int,
         query_timeout: float,
         pool_timeout: float,
@@ -139,6 +139,162 @@ class Delivery:
         self._abandoned: set[int] = set()
         # Sessions given up on idle in their transaction are ended by the server.
         self._idle_ms = str(max(1000, int(query_timeout * 2000)))
+        #: Reads notes (messages inside notifications); None when messages are not sealed.
+        self.notary: Notary | None = None
+        # (queue, sender, seq) of rows whose messages were delivered from notes.
+        self._delivered: list[tuple[str, int, int]] = []
+        self._last_forgery_warning = 0.0
+        # The flush epoch as of the notifications this engine's listener has read: notes
+        # are used only while it is the process's epoch.
+        self.stream_epoch: int | None = None
+        #: Messages delivered straight from their notification, and their rows deleted
+        #: (for tests and stats).
+        self.from_notes = 0
+        self.reaped = 0
+
+    def take_notes(self, queue: str, identifier: str, texts: Sequence[str]) -> bool:
+        """Deliver the messages that these notifications for this process's own ``queue``
+        carry. True if the queue must be claimed: a notification only woke it.
+
+        While a claim of the queue runs, notes wait for it (a note must not overtake a
+        row the claim is taking) and are delivered when it ends. When the mailbox is
+        full, their rows stay in the table for a later claim.
+        """
+        notary = self.notary
+        notes: list[Note | None] = []  # None: a wake-up, its row needs a claim
+        forged = 0
+        for text in texts:
+            if not text or notary is None:
+                notes.append(None)
+                continue
+            note = notary.read(identifier, text)
+            if note is None or non_local_name(note.channel) != queue:
+                forged += 1
+                continue
+            notes.append(note)
+        if forged:
+            self._forgeries(queue, forged)
+        if not notes:
+            return False
+        inbox = self.inbox
+        with inbox.lock:
+            if queue in inbox.claiming:
+                held = inbox.held.setdefault(queue, [])
+                held.extend(notes)
+                if len(held) > self._capacity_for(queue):
+                    # More than fits: the claim runs again and takes their rows.
+                    inbox.held[queue] = [None]
+                return False
+            if inbox.epoch is None or self.stream_epoch != inbox.epoch:
+                # A flush this listener has not reached in its notifications yet (or
+                # no epoch known at all): notes before it are of messages the flush
+                # removed, so the table decides until then.
+                return True
+            if None in notes or queue in inbox.backlog:
+                # Rows that only a claim can take come first; the notes' rows stay
+                # in the table, and the claim takes them in order.
+                return queue not in inbox.backlog
+            counts = self._deliver_notes(queue, notes)  # type: ignore[arg-type]
+        self._after_notes(*counts)
+        return False
+
+    def _deliver_notes(self, queue: str, notes: Sequence[Note]) -> tuple[Any, ...]:
+        """Put notes into the mailbox (with ``inbox.lock`` held); counts for
+        :meth:`_after_notes`."""
+        inbox = self.inbox
+        now, wall = time.monotonic(), time.time()
+        delivered: list[tuple[str, int, int]] = []
+        duplicates = expired = flushed = 0
+        if queue in inbox.backlog:
+            # The mailbox filled up: rows wait in the table, and the claim that takes
+            # them once there is room must not be overtaken.
+            return delivered, duplicates, expired, flushed
+        room = self._capacity_for(queue) - inbox.mailbox.count(queue)
+        items = []
+        for note in notes:
+            key = (queue, note.sender)
+            latest = inbox.seen.get(key)
+            if latest is not None and note.seq <= latest[0]:
+                duplicates += 1
+                continue
+            ttl = min(note.expires_at - wall, self._expiry())
+            if ttl <= 0:
+                expired += 1  # its row expires too, and is cleaned up
+                continue
+            if room <= 0:
+                # Full: the rest stay in the table until a receive makes room.
+                inbox.backlog.add(queue)
+                break
+            room -= 1
+            inbox.seen[key] = (note.seq, now)
+            items.append(([note.channel], note.payload, now + ttl))
+            delivered.append((queue, note.sender, note.seq))
+        inbox.mailbox.put_many(items)
+        return delivered, duplicates, expired, flushed
+
+    def _after_notes(
+        self, delivered: list[tuple[str, int, int]], duplicates: int, expired: int, flushed: int
+    ) -> None:
+        self._delivered.extend(delivered)
+        events = self._events()
+        self.from_notes += len(delivered)
+        events.count("receive.duplicate", duplicates)
+        events.count("receive.expired", expired)
+        events.count("receive.flushed", flushed)
+
+    def _finish_claim(self, queue: str, *, again: bool) -> bool:
+        """End a round of a claim: True if it must run once more. Notes that arrived
+        meanwhile are delivered now, unless one only woke the queue (then the claim
+        runs again and takes their rows)."""
+        inbox = self.inbox
+        with inbox.lock:
+            if again or queue in inbox.claim_again:
+                inbox.claim_again.discard(queue)
+                return True
+            held = inbox.held.pop(queue, [])
+            if None in held or (held and self.stream_epoch != inbox.epoch):
+                return True
+            counts = self._deliver_notes(queue, held) if held else None  # type: ignore[arg-type]
+            inbox.claiming.discard(queue)
+        if counts is not None:
+            self._after_notes(*counts)
+        return False
+
+    async def reap(self, conn: Connection) -> None:
+        """Delete the rows of the messages delivered from notes, in one statement, on the
+        listener's connection (whose plain index scans mark the entries of rows deleted
+        before as dead). A row left by a failure is claimed later and dropped as already
+        delivered."""
+        rows, self._delivered = self._delivered, []
+        while rows:
+            batch, rows = rows[:_REAP_BATCH], rows[_REAP_BATCH:]
+            found = await fetch(
+                conn,
+                self._statements.reap,
+                {
+                    "queues": [queue for queue, _, _ in batch],
+                    "senders": [sender for _, sender, _ in batch],
+                    "seqs": [seq for _, _, seq in batch],
+                },
+                timeout=self._query_timeout,
+                what="deleting delivered rows",
+            )
+            self.reaped += int(found[0][0]) if found else 0
+
+    def _forgeries(self, queue: str, count: int) -> None:
+        self._events().count("receive.forged_notification", count)
+        now = time.monotonic()
+        if now - self._last_forgery_warning >= _WARN_EVERY:
+            self._last_forgery_warning = now
+            logger.warning(
+                "Ignored %d notification(s) for queue %r that carry a message but do not "
+                "verify with this layer's keys. Either another database role sends "
+                "notifications on the layer's names, or processes of this layer do not "
+                "share SECRET_KEY or CONFIG['encryption_keys']. Nothing was delivered from "
+                "them (receive.forged_notification counts them).",
+                count,
+                queue,
+            )
 
     def wanted(self, queue: str) -> int:
         """How many rows of ``queue`` to claim now."""
@@ -167,7 +323,7 @@ class Delivery:
                 # A full batch may have left more (for a shared queue: bad or duplicate
                 # rows may have taken the places of messages that receivers still wait for).
                 again = claimed == limit > 0 and (not own or limit == _CLAIM_BATCH)
-                if not inbox.finish_claim(queue, again=again):
+                if not self._finish_claim(queue, again=again):
                     return
         except BaseException:
             inbox.abandon_claim(queue)
@@ -194,12 +350,18 @@ class Delivery:
             timeout=self._query_timeout,
             what="reading the flush epoch",
         )
-        if rows:
-            with self.inbox.lock:
-                self.inbox.apply_epoch(int(rows[0][0]))
+        if not rows:
+            return
+        epoch = int(rows[0][0])
+        with self.inbox.lock:
+            self.inbox.apply_epoch(epoch)
+            # This listener has read every notification sent before the epoch it read
+            # (which may be older than what the process knows by now).
+            self.stream_epoch = epoch
 
     def flushed(self, epoch: int) -> None:
-        """This process flushed the layer, moving the epoch to ``epoch``."""
+        """This process flushed the layer, moving the epoch to ``epoch`` (notes are then
+        used again once the listener reaches the flush's notification)."""
         with self.inbox.lock:
             self.inbox.apply_epoch(epoch)
 
@@ -305,16 +467,8 @@ class Delivery:
                 flushed = len(rows)
                 rows = ()
             for _, channels, payload, ttl, sender, seq, _, fresh, size, _ in rows:
-                if payload is None and size is not None:
-                    # Over max_message_size: what the layer counts as undecodable.
-                    oversized += 1
-                    self._report(queue, f"a payload of {size:,} bytes, over max_message_size")
-                    continue
-                problem = self._problem(queue, channels, payload, ttl)
-                if problem is not None:
-                    invalid += 1
-                    self._report(queue, problem)
-                    continue
+                # A second copy first: its first was delivered (or counted) already,
+                # from this table or from its notification.
                 if not fresh:
                     duplicates += 1
                     continue
@@ -325,7 +479,17 @@ class Delivery:
                         duplicates += 1
                         continue
                     inbox.seen[key] = (int(seq), now)
-                expires_at = now + min(float(ttl), self._expiry)
+                if payload is None and size is not None:
+                    # Over max_message_size: what the layer counts as undecodable.
+                    oversized += 1
+                    self._report(queue, f"a payload of {size:,} bytes, over max_message_size")
+                    continue
+                problem = self._problem(queue, channels, payload, ttl)
+                if problem is not None:
+                    invalid += 1
+                    self._report(queue, problem)
+                    continue
+                expires_at = now + min(float(ttl), self._expiry())
                 items.append((channels, bytes(payload), expires_at))
             inbox.mailbox.put_many(items)
         events.count("receive.invalid_row", invalid)

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -110,7 +110,7 @@ class PostgresEngine(BaseChannelEngine):
             connection=self._connection,
             statements=shared.statements,
             sender=shared.senders.lease(),
-            expiry=config.expiry,
+            expiry=lambda: self.config.expiry,
             query_timeout=options["query_timeout"],
             deadline=options["pool_timeout"],
         )
@@ -119,13 +119,29 @@ class PostgresEngine(BaseChannelEngine):
             statements=shared.statements,
             connection=self._connection,
             owns=self.owns,
-            capacity_for=config.capacity_for,
+            capacity_for=lambda channel: self.config.capacity_for(channel),
             events=lambda: self.events,
-            expiry=config.expiry,
+            expiry=lambda: self.config.expiry,
             max_message_size=config.max_message_size,
             query_timeout=options["query_timeout"],
             pool_timeout=options["pool_timeout"],
         )
+        self._message_keys: tuple[bytes, ...] = ()
+
+    @property
+    def message_keys(self) -> tuple[bytes, ...]:
+        """Keys of the layer's notes: with them, messages for process-specific channels
+        travel inside their notification (see :mod:`.notes`)."""
+        return self._message_keys
+
+    @message_keys.setter
+    def message_keys(self, keys: Sequence[bytes]) -> None:
+        from .notes import Notary
+
+        self._message_keys = tuple(keys)
+        notary = Notary(self._message_keys) if self._message_keys else None
+        self._writer.notary = notary
+        self._delivery.notary = notary
 
     # Channel layer operations ------------------------------------------------------
 
@@ -192,9 +208,11 @@ class PostgresEngine(BaseChannelEngine):
             )
             # Every listening process of this layer reads the new epoch and drops what it
             # had claimed before it; the notification itself carries nothing.
+            # Not when the notification queue is nearly full (see schema.NOTIFY_UNTIL):
+            # processes then learn the epoch at their next claim.
             await fetch(
                 conn,
-                "SELECT pg_notify(%s, '')",
+                statements.notify_flush,
                 [self._flush_identifier],
                 timeout=timeout,
                 what="flush()",
@@ -324,15 +342,48 @@ class PostgresEngine(BaseChannelEngine):
                 what="a notification",
             )
 
-    async def _on_wake(self, conn: AsyncConnection[tuple[Any, ...]], identifiers: set[str]) -> None:
-        """Claim, on the listener's connection, the queues these notifications name."""
-        if self._flush_identifier in identifiers:
-            # Anyone may notify: what a flush changed is read from the table.
-            await self._delivery.read_epoch(conn)
-        for identifier in identifiers:
+    async def _on_wake(
+        self, conn: AsyncConnection[tuple[Any, ...]], notifications: Sequence[tuple[str, str]]
+    ) -> None:
+        """Deliver the messages these notifications carry; claim, on the listener's
+        connection, the queues they only wake. ``notifications`` are (identifier,
+        payload) in the order the server sent them."""
+        delivery = self._delivery
+        texts: dict[str, list[str]] = {}
+        wake: set[str] = set()
+        read = False  # the epoch was read, and no note came since
+        for identifier, payload in notifications:
+            if identifier == self._flush_identifier:
+                if read and not texts:
+                    continue
+                # Notes before it were read under the old epoch (those of this
+                # process's own flush are of messages it removed); the new epoch is read
+                # before any note after it is delivered, so a flush drops only what
+                # came before it. Anyone may notify: what a flush changed is read from
+                # the table.
+                self._take_notes(texts, wake)
+                texts = {}
+                await delivery.read_epoch(conn)
+                read = True
+            elif identifier in self._watched:
+                texts.setdefault(identifier, []).append(payload)
+        self._take_notes(texts, wake)
+        for identifier in wake:
             queue = self._watched.get(identifier)
             if queue is not None and not self._closed and self.shared.inbox.start_claim(queue):
-                await self._delivery.claim(queue, conn)
+                await delivery.claim(queue, conn)
+        await delivery.reap(conn)
+
+    def _take_notes(self, texts: dict[str, list[str]], wake: set[str]) -> None:
+        """Deliver notes of own queues; add to ``wake`` the identifiers to claim."""
+        for identifier, payloads in texts.items():
+            queue = self._watched.get(identifier)
+            if queue is None:
+                continue
+            if not self.owns(queue):
+                wake.add(identifier)  # a normal channel: its receivers claim
+            elif self._delivery.take_notes(queue, identifier, payloads):
+                wake.add(identifier)
 
     def _on_listening(self, identifiers: Iterable[str]) -> None:
         """Claim what arrived before (or while) these identifiers were LISTENed."""

@@ -53,7 +53,7 @@ class Listener:
         connect: Connect,
         control: str,
         poke: Callable[[str, str], Awaitable[None]],
-        on_wake: Callable[[Connection, set[str]], Awaitable[None]],
+        on_wake: Callable[[Connection, list[tuple[str, str]]], Awaitable[None]],
         on_listening: Callable[[Iterable[str]], None],
         on_connect: Callable[[Connection], Awaitable[None]],
         heartbeat: float,
@@ -165,6 +165,10 @@ class Listener:
             try:
                 self._conn = await self._connect()
                 await self._listen(self._wanted)
+                # What arrived while nothing listened is claimed from here on: the
+                # claims start before any notification is read, so that a message
+                # carried by a notification never overtakes an older row.
+                self._on_listening(self._listened)
                 if not self._ready.done():
                     await self._check_delivery()
                     self._ready.set_result(None)
@@ -179,7 +183,6 @@ class Listener:
                 failing_since, attempt = None, 0
                 # What changed while no notification could reach this connection.
                 await self._on_connect(self._conn)
-                self._on_listening(self._listened)
                 await self._serve()
             except asyncio.CancelledError:
                 raise
@@ -238,7 +241,7 @@ class Listener:
         expected = f"check:{secrets.token_hex(8)}"
         await self._poke(self._control, expected)
         deadline = time.monotonic() + self._check_timeout
-        woken: set[str] = set()
+        woken: list[tuple[str, str]] = []
         try:
             while True:
                 remaining = deadline - time.monotonic()
@@ -251,12 +254,17 @@ class Listener:
                         "cannot LISTEN. Point CONFIG['listen_dsn'] (or 'listen_connection') at "
                         "the primary server directly."
                     )
+                heard = False
+                # The whole packet is read, even past the check: leaving the stream
+                # early would drop the notifications that came with it.
                 async for note in conn.notifies(timeout=remaining, stop_after=1):
                     if note.channel == self._control and note.payload == expected:
-                        return
-                    woken.add(note.channel)
+                        heard = True
+                    elif note.channel != self._control:
+                        woken.append((note.channel, note.payload))
+                if heard:
+                    return
         finally:
-            woken.discard(self._control)
             if woken:
                 await self._on_wake(conn, woken)
 
@@ -273,13 +281,16 @@ class Listener:
                 self._on_listening(pending)
             if self._unwanted:
                 await self._unlisten(conn)
-            woken: set[str] = set()
+            woken: list[tuple[str, str]] = []
+            heard = False
             # stop_after=1 ends the wait after one packet of notifications, all of it
-            # delivered: nothing is dropped by leaving the stream.
+            # delivered: nothing is dropped by leaving the stream. They are handed on in
+            # the order the server sent them (the order their transactions committed).
             async for note in conn.notifies(timeout=self._heartbeat, stop_after=1):
-                woken.add(note.channel)
-            if woken:
-                woken.discard(self._control)
+                heard = True
+                if note.channel != self._control:
+                    woken.append((note.channel, note.payload))
+            if heard:
                 if woken:
                     await self._on_wake(conn, woken)
                 continue

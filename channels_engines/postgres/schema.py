@@ -34,6 +34,11 @@ _CLEANUP_LOCK = "channels_engines:cleanup"
 #: ``max_message_size``, enforced by the table so that no writer can store more.
 MAX_PAYLOAD = 256 * 1024 * 1024
 
+#: Notification queue usage (0 to 1) up to which notifications carry messages, and up to
+#: which they are sent at all.
+NOTES_UNTIL = 0.5
+NOTIFY_UNTIL = 0.9
+
 #: Columns the engine needs, by table; checked when the tables already exist.
 _COLUMNS = {
     "message": ("id", "queue", "channels", "expires_at", "payload", "sender", "seq"),
@@ -259,6 +264,13 @@ class Statements:
                 .as_string(None)
             )
 
+        # PostgreSQL's notification queue is finite and a listener that stops reading
+        # holds it: past half full, notifications only wake (the receiver claims the
+        # row); past 90 %, none is sent and receivers find the rows in their periodic
+        # claims. A send never fails because another process stopped listening.
+        usage = "(SELECT pg_notification_queue_usage())"
+        note = f"CASE WHEN {usage} < {NOTES_UNTIL} THEN w.note ELSE '' END"
+        notify = f"{usage} < {NOTIFY_UNTIL}"
         # Messages already stored (a send whose answer was lost, then retried) or
         # already claimed from a shared queue are not stored again.
         already_there = sql.SQL(
@@ -279,8 +291,9 @@ class Statements:
                 "WITH items AS ("
                 "  SELECT * FROM unnest(%(targets)s::text[], %(queues)s::text[],"
                 "    %(listens)s::text[], %(capacities)s::int[], %(payloads)s::bytea[],"
-                "    %(seqs)s::bigint[])"
-                "  WITH ORDINALITY AS i(target, queue, listen, capacity, payload, seq, ord)),"
+                "    %(seqs)s::bigint[], %(notes)s::text[])"
+                "  WITH ORDINALITY AS i(target, queue, listen, capacity, payload, seq, note,"
+                "   ord)),"
                 " targets AS ("
                 "  SELECT ord, seq, queue, listen, capacity, ARRAY[target] AS channels"
                 "  FROM items WHERE queue IS NOT NULL"
@@ -315,14 +328,19 @@ class Statements:
                 "  ORDER BY a.ord, a.queue"
                 "  RETURNING 1),"
                 " woken AS ("
-                "  SELECT pg_notify(listen, '') FROM ("
-                "    SELECT DISTINCT listen FROM accepted WHERE NOT present) AS l)"
+                "  SELECT pg_notify(w.listen, {note}) FROM ("
+                "    SELECT a.listen, coalesce(i.note, '') AS note, min(a.ord) AS first"
+                "    FROM accepted a JOIN items i USING (ord) WHERE NOT a.present"
+                "    GROUP BY a.listen, coalesce(i.note, '') ORDER BY first) AS w"
+                "  WHERE {notify})"
                 " SELECT i.ord, count(t.queue), count(a.queue),"
                 "        (SELECT count(*) FROM inserted), (SELECT count(*) FROM woken)"
                 " FROM items i LEFT JOIN targets t USING (ord)"
                 " LEFT JOIN accepted a ON a.ord = t.ord AND a.queue = t.queue"
                 " GROUP BY i.ord ORDER BY i.ord",
                 present=already_there if retry else sql.SQL("false"),
+                note=sql.SQL(note),
+                notify=sql.SQL(notify),
             )
 
         self.write = writes(retry=False)
@@ -343,7 +361,22 @@ class Statements:
             "         %(sender)s, %(seq)s"
             "  FROM room WHERE room.pending < %(capacity)s"
             "  RETURNING 1)"
-            " SELECT pg_notify(%(listen)s, '') FROM inserted"
+            " SELECT CASE WHEN {notify} THEN pg_notify(%(listen)s,"
+            "   CASE WHEN {usage} < {notes_until} THEN %(note)s ELSE '' END) END"
+            " FROM inserted",
+            notify=sql.SQL(notify),
+            usage=sql.SQL(usage),
+            notes_until=sql.SQL(str(NOTES_UNTIL)),
+        )
+        # Rows whose messages their process took from the notification.
+        self.reap = render(
+            "WITH gone AS ("
+            "  DELETE FROM {message} m"
+            "  USING unnest(%(queues)s::text[], %(senders)s::bigint[], %(seqs)s::bigint[])"
+            "   AS d(queue, sender, seq)"
+            "  WHERE m.queue = d.queue AND m.sender = d.sender AND m.seq = d.seq"
+            "  RETURNING 1)"
+            " SELECT count(*) FROM gone"
         )
         # Memberships, gathered like sends: one statement for all adds, one for all
         # discards (a key appears once in each: the last call for it wins).
@@ -412,6 +445,7 @@ class Statements:
             "  SELECT * FROM unnest(%(senders)s::bigint[], %(seqs)s::bigint[]))"
         )
         self.flush_epoch = render("SELECT flush_epoch FROM {control}")
+        self.notify_flush = f"SELECT {notify}, CASE WHEN {notify} THEN pg_notify(%s, '') END"
         # Run once on every listener connection, which makes most claims. A message row
         # lives for milliseconds, so a busy queue's index fills with entries of deleted
         # rows until the next vacuum, up to a minute later. Plain index scans mark those
@@ -420,7 +454,13 @@ class Statements:
         # sends and claims slow down sixfold within 30,000 messages. The listener
         # connection is always a session of its own (never a transaction-mode pooler),
         # so the setting stays on it.
-        self.listener_session = "SET enable_bitmapscan = off"
+        # The same goes for the deletion of rows whose messages came in their
+        # notifications, which the planner would otherwise do by sequential scan of a
+        # table it believes nearly empty, leaving every index entry in place.
+        self.listener_session = (
+            "SELECT set_config('enable_bitmapscan', 'off', false),"
+            " set_config('enable_seqscan', 'off', false)"
+        )
         # Flush empties the tables and moves the epoch on; every process drops what it
         # claimed before that epoch when it sees it (in a claim, or told by a NOTIFY).
         self.flush = [

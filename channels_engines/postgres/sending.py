@@ -21,14 +21,18 @@ import contextlib
 import random
 import secrets
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from .deadlines import QueryTimeout, end_backend, fetch, outcome_unknown
 from .schema import Statements
+
+if TYPE_CHECKING:
+    from .notes import Notary
 
 __all__ = ["SendNotConfirmed", "Sender", "Senders", "Writer"]
 
@@ -111,6 +115,7 @@ class _Message(_Call):
     listen: str | None = None
     capacity: int | None = None
     seq: int = 0
+    note: str = ""
 
 
 @dataclass(eq=False)
@@ -138,7 +143,7 @@ class Writer:
         connection: ConnectionContext,
         statements: Statements,
         sender: Sender,
-        expiry: float,
+        expiry: Callable[[], float],
         query_timeout: float,
         deadline: float,
     ) -> None:
@@ -152,6 +157,9 @@ class Writer:
         self._busy = False
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
+        #: Writes notes (messages inside notifications) for process-specific channels;
+        #: None when the layer does not seal messages.
+        self.notary: Notary | None = None
         #: Batches stored, and attempts repeated because an answer was lost (for tests
         #: and stats).
         self.batches = 0
@@ -258,8 +266,20 @@ class Writer:
             else:
                 results.update((call, None) for call in memberships)
         if messages:
+            expires_at = time.time() + self._expiry()
             for message in messages:
                 message.seq = self.sender.take()
+                if self.notary is not None and message.queue not in (None, message.target):
+                    # Process-specific: one process receives it, which can take it
+                    # from the notification.
+                    message.note = self.notary.write(
+                        message.listen or "",
+                        message.target,
+                        self.sender.id,
+                        message.seq,
+                        expires_at,
+                        message.payload,
+                    )
             try:
                 counts = await self._confirmed(
                     lambda conn, retry: self._messages(conn, messages, retry)
@@ -325,9 +345,10 @@ class Writer:
                     "payload": first.payload,
                     "capacity": first.capacity,
                     "listen": first.listen,
-                    "expiry": self._expiry,
+                    "expiry": self._expiry(),
                     "sender": self.sender.id,
                     "seq": first.seq,
+                    "note": first.note,
                 },
                 timeout=timeout,
                 what="send()",
@@ -343,7 +364,8 @@ class Writer:
                 "capacities": [call.capacity for call in calls],
                 "payloads": [call.payload for call in calls],
                 "seqs": [call.seq for call in calls],
-                "expiry": self._expiry,
+                "notes": [call.note for call in calls],
+                "expiry": self._expiry(),
                 "sender": self.sender.id,
             },
             timeout=timeout,

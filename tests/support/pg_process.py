@@ -103,6 +103,8 @@ async def receive_job(layer: EngineChannelLayer, job: dict[str, Any]) -> None:
         errors=errors,
         timed_out=len(pending),
         reconnects=listener.reconnects if listener is not None else None,
+        from_notes=getattr(getattr(engine, "_delivery", None), "from_notes", None),
+        events=layer.events.snapshot(),
     )
     if job.get("hold"):
         # Keep the layer (and its listener) until told to finish; a number is the PID of
