@@ -457,9 +457,13 @@ class Statements:
         # The same goes for the deletion of rows whose messages came in their
         # notifications, which the planner would otherwise do by sequential scan of a
         # table it believes nearly empty, leaving every index entry in place.
+        # Disabled plan types cost 1e10 to the planner, far above jit_above_cost: without
+        # jit off, every query of this session would be JIT-compiled (with inlining), a
+        # tenth of a second or more each, on a server built with LLVM.
         self.listener_session = (
             "SELECT set_config('enable_bitmapscan', 'off', false),"
-            " set_config('enable_seqscan', 'off', false)"
+            " set_config('enable_seqscan', 'off', false),"
+            " set_config('jit', 'off', false)"
         )
         # Flush empties the tables and moves the epoch on; every process drops what it
         # claimed before that epoch when it sees it (in a claim, or told by a NOTIFY).
