@@ -462,3 +462,31 @@ def test_listen_identifiers_of_100_000_distinct_queues_are_distinct() -> None:
     identifiers = {listen_identifier(".channels_engines_", queue) for queue in queues}
     assert len(identifiers) == 100_000
     assert all(IDENTIFIER.fullmatch(identifier) for identifier in identifiers)
+
+
+def test_queries_of_the_listener_session_are_not_jit_compiled(app: str, prefix: str) -> None:
+    """The listener session disables plan types, which costs each plan 1e10 to the
+    planner: far above jit_above_cost, so every claim would be compiled (a tenth of a
+    second or more, during which its queue's senders fill it up)."""
+
+    async def create() -> None:
+        layer = make_layer(app, prefix=prefix)
+        await layer.flush()  # creates the tables
+        await layer.close()
+
+    run(create())
+    statements = Statements(Tables(None, prefix, True))
+    with psycopg.connect(server_dsn(), autocommit=True) as conn:
+        conn.execute(statements.listener_session)
+        for statement, parameters in [
+            (statements.flush_epoch, None),
+            (statements.claim_own, {"queue": "q!", "limit": 10, "idle_ms": "1000", "max_size": 100}),
+        ]:
+            with conn.transaction(force_rollback=True):
+                row = conn.execute(
+                    f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", parameters
+                ).fetchone()
+            assert row is not None
+            plan = row[0][0]
+            assert plan["Plan"]["Total Cost"] >= 1e10  # plan types are disabled here
+            assert "JIT" not in plan, plan["JIT"]

@@ -324,10 +324,17 @@ class Delivery:
                 # rows may have taken the places of messages that receivers still wait for).
                 again = claimed == limit > 0 and (not own or limit == _CLAIM_BATCH)
                 if not self._finish_claim(queue, again=again):
-                    return
+                    break
         except BaseException:
             inbox.abandon_claim(queue)
             raise
+        if self._delivered:
+            # Notes held for this claim were delivered as it ended: their rows go now.
+            if conn is not None:
+                await self.reap(conn)
+            else:
+                async with self._connection(self._pool_timeout) as pooled:
+                    await self.reap(pooled)
 
     def room_again(self, queue: str) -> bool:
         """After a receive from ``queue``: whether a claim should fetch what was left in
