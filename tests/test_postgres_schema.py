@@ -38,6 +38,7 @@ pytestmark = pytest.mark.postgres
 
 initial = importlib.import_module("channels_engines.migrations.0001_initial")
 second = importlib.import_module("channels_engines.migrations.0002_second_layout")
+third = importlib.import_module("channels_engines.migrations.0003_group_streams")
 
 
 def _tables_exist(prefix: str = "channels_engines_") -> bool:
@@ -53,6 +54,7 @@ def test_migration_sql_is_what_the_engine_creates() -> None:
     tables = Tables(None, "channels_engines_", True)
     assert [s.as_string(None) for s in tables.first_layout()] == list(initial.CREATE)
     assert [s.as_string(None) for s in tables.second_layout()] == list(second.UPGRADE)
+    assert [s.as_string(None) for s in tables.third_layout()] == list(third.UPGRADE)
 
 
 def test_migrate_creates_and_unapplies_the_tables() -> None:
@@ -93,7 +95,8 @@ def test_schema_command_prints_ddl_and_grants() -> None:
     assert "UNLOGGED" not in result.stdout
     assert (
         'GRANT SELECT, INSERT, UPDATE, DELETE ON "layer"."chat_message", '
-        '"layer"."chat_group_member", "layer"."chat_claimed" TO "app";' in result.stdout
+        '"layer"."chat_group_member", "layer"."chat_claimed", "layer"."chat_group_stream" '
+        'TO "app";' in result.stdout
     )
     assert 'GRANT SELECT, UPDATE ON "layer"."chat_control" TO "app";' in result.stdout
     assert 'GRANT USAGE ON SEQUENCE "layer"."chat_message_id_seq" TO "app";' in result.stdout
@@ -218,6 +221,7 @@ def test_script_for_the_longest_prefix_creates_every_table(tmp_path: Path, admin
             ("public", prefix + "claimed"),
             ("public", prefix + "control"),
             ("public", prefix + "group_member"),
+            ("public", prefix + "group_stream"),
             ("public", prefix + "message"),
         ]
 
@@ -240,6 +244,7 @@ def test_script_is_applied_whole_or_not_at_all(tmp_path: Path, prefix: str, admi
         ("public", prefix + "claimed"),
         ("public", prefix + "control"),
         ("public", prefix + "group_member"),
+        ("public", prefix + "group_stream"),
         ("public", prefix + "message"),
     ]
 
@@ -257,6 +262,7 @@ def test_tables_are_created_at_first_use_and_creation_is_idempotent(
             prefix + "claimed",
             prefix + "control",
             prefix + "group_member",
+            prefix + "group_stream",
             prefix + "message",
         ]
         # The DDL itself runs again harmlessly, and a new process' layer starts on it.
@@ -295,6 +301,7 @@ def test_eight_processes_create_the_tables_at_the_same_instant(admin: Admin) -> 
             (schema, prefix + "claimed"),
             (schema, prefix + "control"),
             (schema, prefix + "group_member"),
+            (schema, prefix + "group_stream"),
             (schema, prefix + "message"),
         ]
         assert admin.table_count(prefix + "message", schema) == 8
@@ -361,6 +368,7 @@ def test_the_schema_command_the_error_advises_creates_tables_a_layer_can_use(
             (schema, prefix + "claimed"),
             (schema, prefix + "control"),
             (schema, prefix + "group_member"),
+            (schema, prefix + "group_stream"),
             (schema, prefix + "message"),
         ]
 
@@ -390,6 +398,7 @@ def test_schema_and_table_prefix_options_place_the_tables(app: str, admin: Admin
                 (schema, prefix + "claimed"),
                 (schema, prefix + "control"),
                 (schema, prefix + "group_member"),
+                (schema, prefix + "group_stream"),
                 (schema, prefix + "message"),
             ]
             assert admin.table_count(prefix + "message", schema) == 1
@@ -480,7 +489,18 @@ def test_queries_of_the_listener_session_are_not_jit_compiled(app: str, prefix: 
         conn.execute(statements.listener_session)
         for statement, parameters in [
             (statements.flush_epoch, None),
-            (statements.claim_own, {"queue": "q!", "limit": 10, "idle_ms": "1000", "max_size": 100}),
+            (
+                statements.catch_up,
+                {
+                    "queues": ["q!"],
+                    "limits": [10],
+                    "streams": ["#g"],
+                    "after": [0],
+                    "stream_limit": 10,
+                    "idle_ms": "1000",
+                    "max_size": 100,
+                },
+            ),
         ]:
             with conn.transaction(force_rollback=True):
                 row = conn.execute(

@@ -1,21 +1,23 @@
-"""Taking rows from the message table into this process's mailbox, each message once.
+"""Taking messages into this process's mailbox, each once and in order.
 
-A claim deletes rows in a transaction that commits only after they were read, so a
-connection that dies mid-claim loses nothing: uncommitted, the rows come back. What can
-come back is what was already delivered, so:
+Messages of a process's own channels (``new_channel()``) reach it two ways: straight from
+their notification (a *note*, see :mod:`.notes`), or from the table. Rows of its own
+queues are claimed (deleted in a transaction), and rows of its groups' streams are read
+after the last one it handled (see :mod:`.schema`); both are taken in one statement, a
+*catch-up*, so that they are seen in one snapshot and delivered in id order. Only one
+catch-up runs per process at a time, and notes that arrive meanwhile are held, in the
+order they arrived, until it ends: a note never overtakes a row that came before it. A
+message delivered twice (a note and then its row, a retried send, a claim whose commit
+was lost) carries a (sender, sequence number) already delivered for its queue or stream,
+and is dropped; rows of one sender come in the order it stored them, so the latest
+number per sender is all there is to remember.
 
-- From a queue of this process's own channels (one claimer: this process), rows are
-  delivered as soon as they are read, then the claim commits. A row that comes back, or
-  a second copy stored by a retried send, carries a (sender, sequence number) this
-  process has already delivered for that queue, and is dropped. Rows of one sender leave
-  a queue in the order it stored them, so the latest number delivered per sender is all
-  there is to remember.
-- From a queue shared with other processes (a normal channel), rows are delivered only
-  once the claim has committed; the claim leaves their keys in a ledger table, which
-  settles whether it committed when the answer to COMMIT is lost.
+Rows of a queue shared with other processes (a normal channel) are claimed on their own
+and delivered only once the claim has committed; the claim leaves their keys in a ledger
+table, which settles whether it committed when the answer to COMMIT is lost.
 
 Bad rows (written by another program or role) are skipped and counted, never delivered
-and never allowed to fail the rest of their batch. Rows claimed before a flush that this
+and never allowed to fail the rest of their batch. Rows taken before a flush that this
 process had not yet heard of are dropped when it does (the flush epoch).
 """
 
@@ -24,92 +26,40 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
 from ..events import Events
-from ..mailbox import Mailbox
 from ..validation import non_local_name, require_channel_name
 from .deadlines import QueryTimeout, end_backend, fetch, outcome_unknown, within
+from .inbox import Inbox
 from .notes import Notary, Note
 from .schema import Statements
 from .sending import ConnectionContext
 
-__all__ = ["Delivery", "Inbox"]
+__all__ = ["Delivery"]
 
 logger = logging.getLogger("channels_engines.postgres")
 
-# Rows claimed per query from a process-specific queue; the claim repeats while full.
+# Rows claimed per query from a process-specific queue, and read per group stream; a
+# catch-up repeats while one is full.
 _CLAIM_BATCH = 256
+_STREAM_BATCH = 1000
 # Rows of delivered notes deleted per statement.
 _REAP_BATCH = 1000
-# Bad rows are reported at most this often (seconds); every one is counted.
+# Bad rows and dropped group messages are reported at most this often (seconds).
 _WARN_EVERY = 60.0
+# What a notification that needs the table is marked with while held.
+_TABLE = object()
 
 Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 
 
-@dataclass
-class Inbox:
-    """What every event loop's engine of one layer shares in a process to receive."""
-
-    mailbox: Mailbox = field(default_factory=Mailbox)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    claiming: set[str] = field(default_factory=set)
-    claim_again: set[str] = field(default_factory=set)
-    #: Notes (None for a wake-up) that arrived while their queue was being claimed.
-    held: dict[str, list[Note | None]] = field(default_factory=dict)
-    #: Own queues whose claim stopped because the mailbox held their capacity.
-    backlog: set[str] = field(default_factory=set)
-    #: (queue, sender) -> (latest sequence number delivered, when).
-    seen: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)
-    #: The latest flush epoch this process has seen (None: none yet).
-    epoch: int | None = None
-    last_warning: float = 0.0
-
-    def start_claim(self, queue: str) -> bool:
-        """True if the caller should claim ``queue``; else the running claim repeats."""
-        with self.lock:
-            if queue in self.claiming:
-                self.claim_again.add(queue)
-                return False
-            self.claiming.add(queue)
-            return True
-
-    def abandon_claim(self, queue: str) -> None:
-        """A claim failed: notes held for it are dropped, their rows stay for the next."""
-        with self.lock:
-            self.claiming.discard(queue)
-            self.claim_again.discard(queue)
-            self.held.pop(queue, None)
-
-    def apply_epoch(self, epoch: int) -> bool:
-        """Note a flush epoch; drop what was claimed before it. False if ``epoch`` is older
-        than what is known (rows claimed with it were flushed). Call with ``lock`` held."""
-        if self.epoch is None or epoch > self.epoch:
-            if self.epoch is not None:
-                self.mailbox.clear()
-                # Notes waiting for a claim were sent before the flush.
-                self.held.clear()
-            self.epoch = epoch
-            return True
-        return epoch == self.epoch
-
-    def forget_senders(self, older_than: float) -> None:
-        """Forget senders not heard from since ``older_than`` (a monotonic time)."""
-        with self.lock:
-            stale = [key for key, (_, at) in self.seen.items() if at < older_than]
-            for key in stale:
-                del self.seen[key]
-
-
 class Delivery:
-    """Claims rows for one engine (event loop) into the process's :class:`Inbox`."""
+    """Takes messages for one engine (event loop) into the process's :class:`Inbox`."""
 
     def __init__(
         self,
@@ -144,201 +94,189 @@ class Delivery:
         # (queue, sender, seq) of rows whose messages were delivered from notes.
         self._delivered: list[tuple[str, int, int]] = []
         self._last_forgery_warning = 0.0
+        self._last_full_warning = 0.0
         # The flush epoch as of the notifications this engine's listener has read: notes
         # are used only while it is the process's epoch.
         self.stream_epoch: int | None = None
-        #: Messages delivered straight from their notification, and their rows deleted
-        #: (for tests and stats).
+        #: Messages delivered straight from their notification, group messages delivered
+        #: from group streams, rows of delivered notes deleted (for tests and stats).
         self.from_notes = 0
+        self.from_streams = 0
         self.reaped = 0
 
-    def take_notes(self, queue: str, identifier: str, texts: Sequence[str]) -> bool:
-        """Deliver the messages that these notifications for this process's own ``queue``
-        carry. True if the queue must be claimed: a notification only woke it.
+    # Notes -------------------------------------------------------------------------
 
-        While a claim of the queue runs, notes wait for it (a note must not overtake a
-        row the claim is taking) and are delivered when it ends. When the mailbox is
-        full, their rows stay in the table for a later claim.
-        """
-        notary = self.notary
-        notes: list[Note | None] = []  # None: a wake-up, its row needs a claim
-        forged = 0
-        for text in texts:
-            if not text or notary is None:
-                notes.append(None)
-                continue
-            note = notary.read(identifier, text)
-            if note is None or non_local_name(note.channel) != queue:
-                forged += 1
-                continue
-            notes.append(note)
-        if forged:
-            self._forgeries(queue, forged)
-        if not notes:
+    def take(self, notifications: Sequence[tuple[str, str, str]]) -> bool:
+        """Deliver what these notifications of own queues and group streams carry, in
+        order: ``(queue, identifier, payload)``. True if a catch-up must run: one only
+        woke its queue, or could not be used; it and those after it are held for then.
+        While a catch-up runs, everything is held."""
+        if not notifications:
             return False
         inbox = self.inbox
         with inbox.lock:
-            if queue in inbox.claiming:
-                held = inbox.held.setdefault(queue, [])
-                held.extend(notes)
-                if len(held) > self._capacity_for(queue):
-                    # More than fits: the claim runs again and takes their rows.
-                    inbox.held[queue] = [None]
-                return False
-            if inbox.epoch is None or self.stream_epoch != inbox.epoch:
-                # A flush this listener has not reached in its notifications yet (or
-                # no epoch known at all): notes before it are of messages the flush
-                # removed, so the table decides until then.
-                return True
-            if None in notes or queue in inbox.backlog:
-                # Rows that only a claim can take come first; the notes' rows stay
-                # in the table, and the claim takes them in order.
-                return queue not in inbox.backlog
-            counts = self._deliver_notes(queue, notes)  # type: ignore[arg-type]
-        self._after_notes(*counts)
-        return False
+            if inbox.catching_up or inbox.held:
+                inbox.held.extend(notifications)
+                # Held after a catch-up that failed: the next one takes them.
+                return not inbox.catching_up
+            return self._take(list(notifications))
 
-    def _deliver_notes(self, queue: str, notes: Sequence[Note]) -> tuple[Any, ...]:
-        """Put notes into the mailbox (with ``inbox.lock`` held); counts for
-        :meth:`_after_notes`."""
+    def _take(self, notifications: list[tuple[str, str, str]], covered: int = 0) -> bool:
+        """:meth:`take` with ``inbox.lock`` held. The first ``covered`` notifications
+        arrived before a catch-up that has just read the table: what they announce
+        was in its snapshot, so they need no other."""
         inbox = self.inbox
-        now, wall = time.monotonic(), time.time()
         delivered: list[tuple[str, int, int]] = []
-        duplicates = expired = flushed = 0
-        if queue in inbox.backlog:
-            # The mailbox filled up: rows wait in the table, and the claim that takes
-            # them once there is room must not be overtaken.
-            return delivered, duplicates, expired, flushed
-        room = self._capacity_for(queue) - inbox.mailbox.count(queue)
-        items = []
-        for note in notes:
-            key = (queue, note.sender)
-            latest = inbox.seen.get(key)
-            if latest is not None and note.seq <= latest[0]:
-                duplicates += 1
-                continue
-            ttl = min(note.expires_at - wall, self._expiry())
-            if ttl <= 0:
-                expired += 1  # its row expires too, and is cleaned up
-                continue
-            if room <= 0:
-                # Full: the rest stay in the table until a receive makes room.
-                inbox.backlog.add(queue)
+        counts = [0, 0, 0, 0, 0]  # duplicates, expired, from streams, dropped, forged
+        for index, (queue, identifier, payload) in enumerate(notifications):
+            if queue.startswith("#"):
+                outcome = self._stream_note(queue, identifier, payload, counts)
+            else:
+                outcome = self._own_note(queue, identifier, payload, counts, delivered)
+            if outcome is _TABLE and index >= covered:
+                inbox.held.extend(notifications[index:])
                 break
-            room -= 1
-            inbox.seen[key] = (note.seq, now)
-            items.append(([note.channel], note.payload, now + ttl))
-            delivered.append((queue, note.sender, note.seq))
-        inbox.mailbox.put_many(items)
-        return delivered, duplicates, expired, flushed
+        self._counted(delivered, counts)
+        return bool(inbox.held)
 
-    def _after_notes(
-        self, delivered: list[tuple[str, int, int]], duplicates: int, expired: int, flushed: int
-    ) -> None:
+    def _own_note(
+        self,
+        queue: str,
+        identifier: str,
+        text: str,
+        counts: list[int],
+        delivered: list[tuple[str, int, int]],
+    ) -> object:
+        inbox = self.inbox
+        if not text or self.notary is None:
+            return _TABLE  # a wake-up: its row is in the table
+        note = self.notary.read(identifier, text)
+        if note is None or non_local_name(note.channel) != queue:
+            counts[4] += 1
+            self._forgeries(queue)
+            return None
+        if not self._epoch_known():
+            return _TABLE
+        latest = inbox.seen.get((queue, note.sender))
+        if latest is not None and note.seq <= latest[0]:
+            return None  # its row was taken from the table first
+        if queue in inbox.backlog:
+            return None  # the mailbox was full: its row waits in the table
+        ttl = min(note.expires_at - time.time(), self._expiry())
+        if ttl <= 0:
+            counts[1] += 1  # its row expires too, and is cleaned up
+            return None
+        if inbox.mailbox.count(queue) >= self._capacity_for(queue):
+            # Full: this row and later ones wait until a receive makes room.
+            inbox.backlog.add(queue)
+            return None
+        now = time.monotonic()
+        inbox.seen[(queue, note.sender)] = (note.seq, now)
+        inbox.mailbox.put([note.channel], note.payload, now + ttl)
+        inbox.noted.add((queue, note.sender, note.seq))
+        delivered.append((queue, note.sender, note.seq))
+        return None
+
+    def _stream_note(self, queue: str, identifier: str, text: str, counts: list[int]) -> object:
+        """A group stream's notification is ``prev:last:note``: the stream's message before
+        it, its own id, and the note (empty when it did not fit). ``prev`` and ``last``
+        come from the server, unsigned, so a note is used only if its (sender, sequence
+        number) is new and ``prev`` is where this process stands: a replayed note
+        changes nothing."""
+        inbox = self.inbox
+        prev_text, _, rest = text.partition(":")
+        last_text, _, body = rest.partition(":")
+        try:
+            prev, last = int(prev_text), int(last_text)
+        except ValueError:
+            counts[4] += 1
+            self._forgeries(queue)
+            return None
+        note: Note | None = None
+        if body and self.notary is not None:
+            note = self.notary.read(identifier, body)
+            if note is None or f"#{note.channel}" != queue:
+                counts[4] += 1
+                self._forgeries(queue)
+                return None
+        cursor = inbox.cursors.get(queue)
+        if cursor is None:
+            return None  # not (or no longer) followed
+        if note is not None:
+            latest = inbox.seen.get((queue, note.sender))
+            if latest is not None and note.seq <= latest[0]:
+                return None  # read from the table first, or replayed
+        if last <= cursor and note is None:
+            return None  # read from the table already
+        if note is None or prev != cursor or not self._epoch_known():
+            return _TABLE
+        inbox.cursors[queue] = last
+        inbox.seen[(queue, note.sender)] = (note.seq, time.monotonic())
+        put, expired, dropped = self._to_members(
+            queue, last, note.payload, note.expires_at - time.time()
+        )
+        counts[1] += expired
+        counts[2] += put
+        counts[3] += dropped
+        return None
+
+    def _epoch_known(self) -> bool:
+        # A flush this listener has not reached in its notifications yet (or no epoch
+        # known at all): notes before it are of messages the flush removed, so the
+        # table decides until then.
+        return self.inbox.epoch is not None and self.stream_epoch == self.inbox.epoch
+
+    def _to_members(
+        self, queue: str, message_id: int, payload: bytes, ttl: float
+    ) -> tuple[int, int, int]:
+        """Put a group stream's message into the mailbox for this process's members that
+        had joined before it (``inbox.lock`` held): (put, expired, dropped at capacity)."""
+        inbox = self.inbox
+        ttl = min(ttl, self._expiry())
+        if ttl <= 0:
+            return 0, 1, 0
+        now = time.monotonic()
+        by_queue: dict[str, list[str]] = {}
+        for channel, (joined, until) in inbox.members(queue).items():
+            if message_id > joined and (until is None or until > now):
+                by_queue.setdefault(non_local_name(channel), []).append(channel)
+        put = dropped = 0
+        for own, channels in by_queue.items():
+            if own in inbox.backlog or inbox.mailbox.count(own) >= self._capacity_for(own):
+                dropped += 1
+                continue
+            inbox.mailbox.put(sorted(channels), payload, now + ttl)
+            put += 1
+        return put, 0, dropped
+
+    def _counted(self, delivered: list[tuple[str, int, int]], counts: list[int]) -> None:
+        duplicates, expired, from_streams, dropped, _ = counts
         self._delivered.extend(delivered)
-        events = self._events()
         self.from_notes += len(delivered)
+        self.from_streams += from_streams
+        events = self._events()
         events.count("receive.duplicate", duplicates)
         events.count("receive.expired", expired)
-        events.count("receive.flushed", flushed)
+        if dropped:
+            events.count("group_send.dropped", dropped)
+            self._full(dropped)
 
-    def _finish_claim(self, queue: str, *, again: bool) -> bool:
-        """End a round of a claim: True if it must run once more. Notes that arrived
-        meanwhile are delivered now, unless one only woke the queue (then the claim
-        runs again and takes their rows)."""
-        inbox = self.inbox
-        with inbox.lock:
-            if again or queue in inbox.claim_again:
-                inbox.claim_again.discard(queue)
-                return True
-            held = inbox.held.pop(queue, [])
-            if None in held or (held and self.stream_epoch != inbox.epoch):
-                return True
-            counts = self._deliver_notes(queue, held) if held else None  # type: ignore[arg-type]
-            inbox.claiming.discard(queue)
-        if counts is not None:
-            self._after_notes(*counts)
-        return False
-
-    async def reap(self, conn: Connection) -> None:
-        """Delete the rows of the messages delivered from notes, in one statement, on the
-        listener's connection (whose plain index scans mark the entries of rows deleted
-        before as dead). A row left by a failure is claimed later and dropped as already
-        delivered."""
-        rows, self._delivered = self._delivered, []
-        while rows:
-            batch, rows = rows[:_REAP_BATCH], rows[_REAP_BATCH:]
-            found = await fetch(
-                conn,
-                self._statements.reap,
-                {
-                    "queues": [queue for queue, _, _ in batch],
-                    "senders": [sender for _, sender, _ in batch],
-                    "seqs": [seq for _, _, seq in batch],
-                },
-                timeout=self._query_timeout,
-                what="deleting delivered rows",
-            )
-            self.reaped += int(found[0][0]) if found else 0
-
-    def _forgeries(self, queue: str, count: int) -> None:
-        self._events().count("receive.forged_notification", count)
+    def _full(self, count: int) -> None:
         now = time.monotonic()
-        if now - self._last_forgery_warning >= _WARN_EVERY:
-            self._last_forgery_warning = now
+        if now - self._last_full_warning >= _WARN_EVERY:
+            self._last_full_warning = now
             logger.warning(
-                "Ignored %d notification(s) for queue %r that carry a message but do not "
-                "verify with this layer's keys. Either another database role sends "
-                "notifications on the layer's names, or processes of this layer do not "
-                "share SECRET_KEY or CONFIG['encryption_keys']. Nothing was delivered from "
-                "them (receive.forged_notification counts them).",
+                "%d group message(s) missed this process's members: their channels were at "
+                "capacity (group_send.dropped counts them). Their consumers do not keep up, "
+                "or the capacity is too small.",
                 count,
-                queue,
             )
 
-    def wanted(self, queue: str) -> int:
-        """How many rows of ``queue`` to claim now."""
-        mailbox = self.inbox.mailbox
-        if self._owns(queue):
-            return min(_CLAIM_BATCH, self._capacity_for(queue) - mailbox.count(queue))
-        return mailbox.unserved(queue)
-
-    async def claim(self, queue: str, conn: Connection | None = None) -> None:
-        """Claim rows of ``queue`` until nothing more is wanted; ``conn`` is the listener's
-        connection, or None for a pooled one.
-
-        Only one claim per queue runs in the process at a time (across event loops), so
-        rows enter the mailbox in id order and channels keep their FIFO order.
-        """
-        inbox = self.inbox
-        own = self._owns(queue)
-        try:
-            while True:
-                limit = self.wanted(queue)
-                claimed = await self._claim(queue, limit, own, conn) if limit > 0 else 0
-                full = own and limit < _CLAIM_BATCH and claimed == limit
-                if full:
-                    with inbox.lock:
-                        inbox.backlog.add(queue)
-                # A full batch may have left more (for a shared queue: bad or duplicate
-                # rows may have taken the places of messages that receivers still wait for).
-                again = claimed == limit > 0 and (not own or limit == _CLAIM_BATCH)
-                if not self._finish_claim(queue, again=again):
-                    break
-        except BaseException:
-            inbox.abandon_claim(queue)
-            raise
-        if self._delivered:
-            # Notes held for this claim were delivered as it ended: their rows go now.
-            if conn is not None:
-                await self.reap(conn)
-            else:
-                async with self._connection(self._pool_timeout) as pooled:
-                    await self.reap(pooled)
+    # Catch-ups ---------------------------------------------------------------------
 
     def room_again(self, queue: str) -> bool:
-        """After a receive from ``queue``: whether a claim should fetch what was left in
-        the table when the mailbox was full."""
+        """After a receive from ``queue``: whether a catch-up should fetch what was left
+        in the table when the mailbox was full."""
         inbox = self.inbox
         with inbox.lock:
             if queue not in inbox.backlog:
@@ -348,43 +286,240 @@ class Delivery:
             inbox.backlog.discard(queue)
             return True
 
-    async def read_epoch(self, conn: Connection) -> None:
-        """Read the flush epoch (a flush was announced, or may have been missed)."""
-        rows = await fetch(
-            conn,
-            self._statements.flush_epoch,
-            None,
-            timeout=self._query_timeout,
-            what="reading the flush epoch",
-        )
-        if not rows:
-            return
-        epoch = int(rows[0][0])
-        with self.inbox.lock:
-            self.inbox.apply_epoch(epoch)
-            # This listener has read every notification sent before the epoch it read
-            # (which may be older than what the process knows by now).
-            self.stream_epoch = epoch
+    async def catch_up(self, conn: Connection | None = None) -> None:
+        """Take what the table holds for this process's own queues and group streams, in
+        one snapshot, then the notes held meanwhile; again while there may be more.
+        Call after :meth:`Inbox.start_catch_up` returned True. ``conn`` is the
+        listener's connection, or None for a pooled one."""
+        inbox = self.inbox
+        try:
+            while True:
+                with inbox.lock:
+                    inbox.catch_up_again = False
+                    covered = len(inbox.held)
+                    limits = {
+                        queue: min(
+                            _CLAIM_BATCH, self._capacity_for(queue) - inbox.mailbox.count(queue)
+                        )
+                        for queue in inbox.own_queues
+                    }
+                    after = dict(inbox.cursors)
+                more = False
+                if limits or after:
+                    more = await self._catch_up_once(limits, after, conn)
+                with inbox.lock:
+                    if more or inbox.catch_up_again:
+                        continue
+                    held, inbox.held = inbox.held, []
+                    inbox.catching_up = False
+                    if not held or not self._take(held, covered):
+                        break
+                    # A held note needs the table: catch up again (it stays held).
+                    inbox.catching_up = True
+        except BaseException:
+            with inbox.lock:
+                inbox.catching_up = False
+            raise
+        if self._delivered:
+            # Rows of the notes delivered as it ended go now.
+            if conn is not None:
+                await self.reap(conn)
+            else:
+                async with self._connection(self._pool_timeout) as pooled:
+                    await self.reap(pooled)
 
-    def flushed(self, epoch: int) -> None:
-        """This process flushed the layer, moving the epoch to ``epoch`` (notes are then
-        used again once the listener reaches the flush's notification)."""
-        with self.inbox.lock:
-            self.inbox.apply_epoch(epoch)
-
-    # Claiming ------------------------------------------------------------------------
-
-    async def _claim(self, queue: str, limit: int, own: bool, conn: Connection | None) -> int:
+    async def _catch_up_once(
+        self, limits: dict[str, int], after: dict[str, int], conn: Connection | None
+    ) -> bool:
         if conn is not None:
-            return await self._claim_on(conn, queue, limit, own)
+            return await self._catch_up_on(conn, limits, after)
         async with self._connection(self._pool_timeout) as pooled:
-            return await self._claim_on(pooled, queue, limit, own)
+            return await self._catch_up_on(pooled, limits, after)
 
-    async def _claim_on(self, conn: Connection, queue: str, limit: int, own: bool) -> int:
+    async def _catch_up_on(
+        self, conn: Connection, limits: dict[str, int], after: dict[str, int]
+    ) -> bool:
+        """One catch-up statement in a transaction; True if a queue or stream may hold
+        more. Rows are delivered before the commit: if it does not commit, the claimed
+        rows come back and are dropped as already delivered."""
         timeout = self._query_timeout
         await self._end_abandoned(conn)
         pid = conn.info.backend_pid
-        statement = self._statements.claim_own if own else self._statements.claim_shared
+        wanted = {queue: limit for queue, limit in limits.items() if limit > 0}
+        parameters = {
+            "queues": list(wanted),
+            "limits": list(wanted.values()),
+            "streams": list(after),
+            "after": list(after.values()),
+            "stream_limit": _STREAM_BATCH,
+            "idle_ms": self._idle_ms,
+            "max_size": self._max_message_size,
+        }
+        statement = self._statements.catch_up
+        try:
+            rows = await within(
+                conn, _begin_and_fetch(conn, statement, parameters), timeout, "a catch-up"
+            )
+        except BaseException as exc:
+            self._note_abandoned(exc, conn, pid)
+            await _roll_back(conn, timeout)
+            raise
+        claimed, read = self._deliver_caught_up(rows, set(wanted))
+        try:
+            await within(conn, conn.execute("COMMIT"), timeout, "a catch-up's commit")
+        except BaseException as exc:
+            self._note_abandoned(exc, conn, pid)
+            raise
+        more = False
+        with self.inbox.lock:
+            for queue, limit in limits.items():
+                count = claimed.get(queue, 0)
+                if limit <= 0 or (count == limit and limit < _CLAIM_BATCH):
+                    # Full: the rest waits until a receive makes room.
+                    self.inbox.backlog.add(queue)
+                elif count == limit:
+                    more = True
+        return more or any(count >= _STREAM_BATCH for count in read.values())
+
+    def _deliver_caught_up(
+        self, rows: Sequence[tuple[Any, ...]], own: set[str]
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """Deliver a catch-up's rows in id order; rows claimed per own queue and read per
+        stream."""
+        claimed: dict[str, int] = {}
+        read: dict[str, int] = {}
+        if not rows:
+            return claimed, read
+        inbox = self.inbox
+        counts = {"invalid": 0, "oversized": 0, "duplicates": 0, "flushed": 0, "expired": 0}
+        from_streams = dropped = 0
+        now = time.monotonic()
+        with inbox.lock:
+            epoch = rows[0][7]
+            if epoch is not None and not inbox.apply_epoch(int(epoch)):
+                counts["flushed"] = len(rows)
+                rows = ()
+            for message_id, queue, channels, payload, ttl, sender, seq, _, size, _ in rows:
+                stream = queue.startswith("#")
+                tally = read if stream else claimed
+                tally[queue] = tally.get(queue, 0) + 1
+                if stream:
+                    cursor = inbox.cursors.get(queue)
+                    if cursor is None or message_id <= cursor:
+                        continue
+                    inbox.cursors[queue] = int(message_id)
+                key = (queue, int(sender))
+                if sender:
+                    latest = inbox.seen.get(key)
+                    if latest is not None and int(seq) <= latest[0]:
+                        # The row of a note delivered already is expected; anything
+                        # else is a second copy (a retried write, a claim that came back).
+                        if (queue, int(sender), int(seq)) not in inbox.noted:
+                            counts["duplicates"] += 1
+                        inbox.noted.discard((queue, int(sender), int(seq)))
+                        continue
+                    inbox.seen[key] = (int(seq), now)
+                if payload is None and size is not None:
+                    # Over max_message_size: what the layer counts as undecodable.
+                    counts["oversized"] += 1
+                    self._report(queue, f"a payload of {size:,} bytes, over max_message_size")
+                    continue
+                if stream:
+                    problem = self._stream_problem(payload, ttl)
+                else:
+                    problem = self._problem(queue, channels, payload, ttl)
+                if problem is not None:
+                    counts["invalid"] += 1
+                    self._report(queue, problem)
+                    continue
+                if stream:
+                    put, expired, full = self._to_members(
+                        queue, int(message_id), bytes(payload), float(ttl)
+                    )
+                    from_streams += put
+                    counts["expired"] += expired
+                    dropped += full
+                    continue
+                expires_at = now + min(float(ttl), self._expiry())
+                inbox.mailbox.put(channels, bytes(payload), expires_at)
+        events = self._events()
+        events.count("receive.invalid_row", counts["invalid"])
+        events.count("receive.undecodable", counts["oversized"])
+        events.count("receive.duplicate", counts["duplicates"])
+        events.count("receive.flushed", counts["flushed"])
+        events.count("receive.expired", counts["expired"])
+        self.from_streams += from_streams
+        if dropped:
+            events.count("group_send.dropped", dropped)
+            self._full(dropped)
+        return claimed, read
+
+    async def sync_members(
+        self, conn: Connection, own: str, identifier: Callable[[str], str]
+    ) -> bool:
+        """Read this process's memberships from the table (another process changed them,
+        a flush removed them, or the listener was away). True if a catch-up must read
+        group streams: one is followed now, or went back."""
+        inbox = self.inbox
+        inbox.start_sync()
+        try:
+            rows = await fetch(
+                conn,
+                self._statements.members_of,
+                {"own": own},
+                timeout=self._query_timeout,
+                what="reading this process's group memberships",
+            )
+        except BaseException:
+            inbox.abandon_sync()
+            raise
+        now = time.monotonic()
+        return inbox.end_sync(
+            [
+                (group, channel, int(joined), None if left is None else now + float(left))
+                for group, channel, joined, _, left in rows
+            ],
+            {group: int(last) for group, _, _, last, _ in rows},
+            identifier,
+        )
+
+    # Shared queues -----------------------------------------------------------------
+
+    def wanted(self, queue: str) -> int:
+        """How many rows of shared ``queue`` to claim now: one per receiver waiting."""
+        return self.inbox.mailbox.unserved(queue)
+
+    async def claim(self, queue: str, conn: Connection | None = None) -> None:
+        """Claim rows of shared ``queue`` until nothing more is wanted; ``conn`` is the
+        listener's connection, or None for a pooled one. Call after
+        :meth:`Inbox.start_claim` returned True; one claim per queue runs at a time."""
+        inbox = self.inbox
+        try:
+            while True:
+                limit = self.wanted(queue)
+                claimed = await self._claim(queue, limit, conn) if limit > 0 else 0
+                # A full batch may have left more: bad or duplicate rows may have taken
+                # the places of messages that receivers still wait for.
+                with inbox.lock:
+                    if claimed == limit > 0 or queue in inbox.claim_again:
+                        inbox.claim_again.discard(queue)
+                        continue
+                    inbox.claiming.discard(queue)
+                return
+        except BaseException:
+            inbox.abandon_claim(queue)
+            raise
+
+    async def _claim(self, queue: str, limit: int, conn: Connection | None) -> int:
+        if conn is not None:
+            return await self._claim_on(conn, queue, limit)
+        async with self._connection(self._pool_timeout) as pooled:
+            return await self._claim_on(pooled, queue, limit)
+
+    async def _claim_on(self, conn: Connection, queue: str, limit: int) -> int:
+        timeout = self._query_timeout
+        await self._end_abandoned(conn)
+        pid = conn.info.backend_pid
         parameters = {
             "queue": queue,
             "limit": limit,
@@ -393,22 +528,15 @@ class Delivery:
         }
         try:
             rows = await within(
-                conn, _begin_and_fetch(conn, statement, parameters), timeout, "a claim"
+                conn,
+                _begin_and_fetch(conn, self._statements.claim_shared, parameters),
+                timeout,
+                "a claim",
             )
         except BaseException as exc:
             self._note_abandoned(exc, conn, pid)
             await _roll_back(conn, timeout)
             raise
-        if own:
-            # Delivered before the commit: if it does not commit, the rows come back and
-            # are dropped as already delivered.
-            self._deliver(queue, rows, own=True)
-            try:
-                await within(conn, conn.execute("COMMIT"), timeout, "a claim's commit")
-            except BaseException as exc:
-                self._note_abandoned(exc, conn, pid)
-                raise
-            return len(rows)
         try:
             await within(conn, conn.execute("COMMIT"), timeout, "a claim's commit")
         except Exception as exc:
@@ -416,7 +544,7 @@ class Delivery:
                 raise
             if not await self._committed(queue, rows, pid, exc):
                 raise
-        self._deliver(queue, rows, own=False)
+        self._deliver_shared(queue, rows)
         return len(rows)
 
     async def _committed(
@@ -457,10 +585,76 @@ class Delivery:
         elif conn.closed and pid:
             self._abandoned.add(pid)
 
+    # Flushes -----------------------------------------------------------------------
+
+    async def read_epoch(self, conn: Connection) -> None:
+        """Read the flush epoch (a flush was announced, or may have been missed)."""
+        rows = await fetch(
+            conn,
+            self._statements.flush_epoch,
+            None,
+            timeout=self._query_timeout,
+            what="reading the flush epoch",
+        )
+        if not rows:
+            return
+        epoch = int(rows[0][0])
+        with self.inbox.lock:
+            self.inbox.apply_epoch(epoch)
+            # This listener has read every notification sent before the epoch it read
+            # (which may be older than what the process knows by now).
+            self.stream_epoch = epoch
+
+    def flushed(self, epoch: int) -> None:
+        """This process flushed the layer, moving the epoch to ``epoch`` (notes are then
+        used again once the listener reaches the flush's notification)."""
+        with self.inbox.lock:
+            self.inbox.apply_epoch(epoch)
+        self.inbox.forget_groups()
+
+    # Rows of notes -----------------------------------------------------------------
+
+    async def reap(self, conn: Connection) -> None:
+        """Delete the rows of the messages delivered from notes, in one statement, on the
+        listener's connection (whose plain index scans mark the entries of rows deleted
+        before as dead). A row left by a failure is claimed later and dropped as already
+        delivered."""
+        rows, self._delivered = self._delivered, []
+        while rows:
+            batch, rows = rows[:_REAP_BATCH], rows[_REAP_BATCH:]
+            with self.inbox.lock:
+                self.inbox.noted.difference_update(batch)
+            found = await fetch(
+                conn,
+                self._statements.reap,
+                {
+                    "queues": [queue for queue, _, _ in batch],
+                    "senders": [sender for _, sender, _ in batch],
+                    "seqs": [seq for _, _, seq in batch],
+                },
+                timeout=self._query_timeout,
+                what="deleting delivered rows",
+            )
+            self.reaped += int(found[0][0]) if found else 0
+
+    def _forgeries(self, queue: str) -> None:
+        self._events().count("receive.forged_notification")
+        now = time.monotonic()
+        if now - self._last_forgery_warning >= _WARN_EVERY:
+            self._last_forgery_warning = now
+            logger.warning(
+                "Ignored a notification for queue %r that carries a message but does not "
+                "verify with this layer's keys. Either another database role sends "
+                "notifications on the layer's names, or processes of this layer do not "
+                "share SECRET_KEY or CONFIG['encryption_keys']. Nothing was delivered from "
+                "it (receive.forged_notification counts them).",
+                queue,
+            )
+
     # Delivering ----------------------------------------------------------------------
 
-    def _deliver(self, queue: str, rows: Sequence[tuple[Any, ...]], *, own: bool) -> None:
-        """Put good, new rows into the mailbox; count the rest."""
+    def _deliver_shared(self, queue: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Put good, new rows of a shared queue into the mailbox; count the rest."""
         if not rows:
             return
         inbox = self.inbox
@@ -473,19 +667,11 @@ class Delivery:
             if epoch is not None and not inbox.apply_epoch(int(epoch)):
                 flushed = len(rows)
                 rows = ()
-            for _, channels, payload, ttl, sender, seq, _, fresh, size, _ in rows:
-                # A second copy first: its first was delivered (or counted) already,
-                # from this table or from its notification.
+            for _, channels, payload, ttl, _, _, _, fresh, size, _ in rows:
+                # A second copy: its first was claimed (and delivered) already.
                 if not fresh:
                     duplicates += 1
                     continue
-                if own and sender:
-                    key = (queue, int(sender))
-                    latest = inbox.seen.get(key)
-                    if latest is not None and int(seq) <= latest[0]:
-                        duplicates += 1
-                        continue
-                    inbox.seen[key] = (int(seq), now)
                 if payload is None and size is not None:
                     # Over max_message_size: what the layer counts as undecodable.
                     oversized += 1
@@ -504,6 +690,11 @@ class Delivery:
         events.count("receive.duplicate", duplicates)
         events.count("receive.flushed", flushed)
 
+    def _stream_problem(self, payload: Any, ttl: Any) -> str | None:
+        if not isinstance(payload, (bytes, memoryview)):
+            return "no payload"
+        return self._ttl_problem(ttl)
+
     def _problem(self, queue: str, channels: Any, payload: Any, ttl: Any) -> str | None:
         if not isinstance(channels, list) or not channels:
             return "no channels"
@@ -516,6 +707,10 @@ class Delivery:
                 return "a channel that does not belong to its queue"
         if not isinstance(payload, (bytes, memoryview)):
             return "no payload"
+        return self._ttl_problem(ttl)
+
+    @staticmethod
+    def _ttl_problem(ttl: Any) -> str | None:
         try:
             if not math.isfinite(float(ttl)):
                 return "an expiry that is not finite"

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from psycopg import AsyncConnection
 
     from .connection import Login
-    from .delivery import Delivery, Inbox
+    from .delivery import Delivery
+    from .inbox import Inbox
     from .listener import Listener
     from .maintenance import Maintenance
     from .pool import ConnectionPool, IdleHandoff
@@ -47,6 +48,8 @@ logger = logging.getLogger("channels_engines.postgres")
 
 # Dropped-message warnings are repeated at most this often (seconds).
 _WARN_EVERY = 60.0
+# The notification that tells a process another one changed its memberships.
+_MEMBERS = "#members"
 
 
 class PostgresEngine(BaseChannelEngine):
@@ -64,7 +67,7 @@ class PostgresEngine(BaseChannelEngine):
     @classmethod
     def create_shared(cls, config: EngineConfig) -> _Shared:
         from .connection import Login
-        from .delivery import Inbox
+        from .inbox import Inbox
         from .pool import IdleHandoff
         from .schema import Statements, Tables, TablesAtFirstUse
         from .sending import Senders
@@ -110,6 +113,7 @@ class PostgresEngine(BaseChannelEngine):
             connection=self._connection,
             statements=shared.statements,
             sender=shared.senders.lease(),
+            own=f".{client_id}!",
             expiry=lambda: self.config.expiry,
             query_timeout=options["query_timeout"],
             deadline=options["pool_timeout"],
@@ -166,25 +170,33 @@ class PostgresEngine(BaseChannelEngine):
             message = await mailbox.get(channel)
         if self._delivery.room_again(queue):
             # The mailbox had been full: fetch what was left in the table.
-            self._spawn_soon(queue)
+            self._catch_up_soon()
         return message
 
     async def group_add(self, group: str, channel: str) -> None:
         queue = non_local_name(channel)
-        await self._writer.group_add(
+        expiry = self.config.group_expiry
+        joined = await self._writer.group_add(
             group,
             channel,
             queue,
             self._identifier(queue),
             self.config.capacity_for(channel),
-            self.config.group_expiry,
+            expiry,
         )
+        if self.owns(channel):
+            # This process delivers its members' group messages from the group's stream.
+            until = None if expiry is None else time.monotonic() + expiry
+            self.shared.inbox.join(group, channel, joined, until, self._stream_identifier(group))
 
     async def group_discard(self, group: str, channel: str) -> None:
         await self._writer.group_discard(group, channel)
+        if self.owns(channel):
+            self.shared.inbox.leave(group, [channel])
 
     async def group_send(self, group: str, message: bytes) -> None:
-        queues, accepted = await self._writer.group_send(group, message)
+        stream = self._stream_identifier(group)
+        queues, accepted = await self._writer.group_send(group, stream, message)
         if accepted < queues:
             self.events.count("group_send.dropped", queues - accepted)
             self._warn_dropped(
@@ -242,6 +254,7 @@ class PostgresEngine(BaseChannelEngine):
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
+        self.shared.inbox.watchers.pop(id(self), None)
         self.shared.login.unsubscribe(self)
         pool, self._pool = self._pool, None
         if pool is not None:
@@ -281,6 +294,10 @@ class PostgresEngine(BaseChannelEngine):
         identifier = self._identifier(queue)
         if identifier not in self._watched:
             self._watched[identifier] = queue
+            if self.owns(queue):
+                inbox = self.shared.inbox
+                with inbox.lock:
+                    inbox.own_queues.add(queue)
             listener.watch([identifier])
         try:
             await listener.ready()
@@ -301,16 +318,50 @@ class PostgresEngine(BaseChannelEngine):
             poke=self._notify,
             on_wake=self._on_wake,
             on_listening=self._on_listening,
-            on_connect=self._delivery.read_epoch,
+            on_connect=self._listener_connected,
             heartbeat=options["heartbeat_interval"],
             heartbeat_timeout=options["heartbeat_timeout"],
             query_timeout=options["query_timeout"],
             check_timeout=max(5.0, options["heartbeat_timeout"]),
             describe=self.shared.login.describe("listen"),
         )
+        inbox = self.shared.inbox
+        loop = asyncio.get_running_loop()
+
+        def watch_streams(identifiers: list[str]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(self._watch_streams, identifiers)
+
+        inbox.watchers[id(self)] = watch_streams
         self._listener.watch([self._flush_identifier, *self._watched])
+        self._watch_streams(list(inbox.streams.values()))
         self._listener.start()
         return self._listener
+
+    def _watch_streams(self, identifiers: list[str]) -> None:
+        """LISTEN on the streams of groups this process follows (any loop may add one)."""
+        listener = self._listener
+        if listener is None or self._closed:
+            return
+        inbox = self.shared.inbox
+        with inbox.lock:
+            queues = {ident: queue for queue, ident in inbox.streams.items()}
+        new = [ident for ident in identifiers if ident in queues and ident not in self._watched]
+        for ident in new:
+            self._watched[ident] = queues[ident]
+        listener.watch(new)
+
+    async def _listener_connected(self, conn: AsyncConnection[tuple[Any, ...]]) -> None:
+        """Whatever changed while no notification could reach this connection: the flush
+        epoch, this process's memberships, and its groups' streams."""
+        await self._delivery.read_epoch(conn)
+        await self._sync_members(conn)
+
+    async def _sync_members(self, conn: AsyncConnection[tuple[Any, ...]]) -> None:
+        read = await self._delivery.sync_members(conn, f".{self.client_id}!", self._identifier)
+        # Groups followed now are read from where their members joined.
+        if read and not self._closed and self.shared.inbox.start_catch_up():
+            await self._delivery.catch_up(conn)
 
     async def _connect_listener(self) -> AsyncConnection[tuple[Any, ...]]:
         from .deadlines import within
@@ -345,57 +396,76 @@ class PostgresEngine(BaseChannelEngine):
     async def _on_wake(
         self, conn: AsyncConnection[tuple[Any, ...]], notifications: Sequence[tuple[str, str]]
     ) -> None:
-        """Deliver the messages these notifications carry; claim, on the listener's
-        connection, the queues they only wake. ``notifications`` are (identifier,
-        payload) in the order the server sent them."""
+        """Deliver the messages these notifications carry; claim (or catch up), on the
+        listener's connection, what they only announce. ``notifications`` are
+        (identifier, payload) in the order the server sent them."""
         delivery = self._delivery
-        texts: dict[str, list[str]] = {}
-        wake: set[str] = set()
+        inbox = self.shared.inbox
+        notes: list[tuple[str, str, str]] = []  # own queues and group streams, in order
+        wake: set[str] = set()  # shared queues to claim
+        sync = False  # another process changed this process's memberships
+        catch_up = False
         read = False  # the epoch was read, and no note came since
         for identifier, payload in notifications:
             if identifier == self._flush_identifier:
-                if read and not texts:
+                if read:
                     continue
                 # Notes before it were read under the old epoch (those of this
                 # process's own flush are of messages it removed); the new epoch is read
                 # before any note after it is delivered, so a flush drops only what
                 # came before it. Anyone may notify: what a flush changed is read from
                 # the table.
-                self._take_notes(texts, wake)
-                texts = {}
+                catch_up = delivery.take(notes) or catch_up
+                notes = []
                 await delivery.read_epoch(conn)
                 read = True
-            elif identifier in self._watched:
-                texts.setdefault(identifier, []).append(payload)
-        self._take_notes(texts, wake)
-        for identifier in wake:
-            queue = self._watched.get(identifier)
-            if queue is not None and not self._closed and self.shared.inbox.start_claim(queue):
-                await delivery.claim(queue, conn)
-        await delivery.reap(conn)
-
-    def _take_notes(self, texts: dict[str, list[str]], wake: set[str]) -> None:
-        """Deliver notes of own queues; add to ``wake`` the identifiers to claim."""
-        for identifier, payloads in texts.items():
+                continue
             queue = self._watched.get(identifier)
             if queue is None:
                 continue
-            if not self.owns(queue):
-                wake.add(identifier)  # a normal channel: its receivers claim
-            elif self._delivery.take_notes(queue, identifier, payloads):
-                wake.add(identifier)
+            read = False
+            if payload == _MEMBERS and self.owns(queue):
+                sync = True
+            elif queue.startswith("#") or self.owns(queue):
+                notes.append((queue, identifier, payload))
+            else:
+                wake.add(queue)  # a normal channel: its receivers claim
+        catch_up = delivery.take(notes) or catch_up
+        for queue in wake:
+            if not self._closed and inbox.start_claim(queue):
+                await delivery.claim(queue, conn)
+        if sync or inbox.members_stale:
+            await self._sync_members(conn)
+        if catch_up and not self._closed and inbox.start_catch_up():
+            await delivery.catch_up(conn)
+        await delivery.reap(conn)
 
     def _on_listening(self, identifiers: Iterable[str]) -> None:
-        """Claim what arrived before (or while) these identifiers were LISTENed."""
+        """Claim (or catch up with) what arrived before (or while) these identifiers were
+        LISTENed."""
+        own = False
         for identifier in identifiers:
             queue = self._watched.get(identifier)
-            if queue is not None:
+            if queue is None:
+                continue
+            if queue.startswith("#") or self.owns(queue):
+                own = True
+            else:
                 self._spawn_soon(queue)
+        if own:
+            self._catch_up_soon()
 
     def _spawn_soon(self, queue: str) -> None:
+        """Claim shared ``queue`` in the background (or make the running claim repeat)."""
         if self._closed or not self.shared.inbox.start_claim(queue):
             return
         self._spawn(self._delivery.claim(queue))
+
+    def _catch_up_soon(self) -> None:
+        """Catch up in the background (or make the running catch-up repeat)."""
+        if self._closed or not self.shared.inbox.start_catch_up():
+            return
+        self._spawn(self._delivery.catch_up())
 
     def _unwatch_idle(self) -> None:
         """Stop listening for normal channels no receiver of this loop waits on."""
@@ -404,12 +474,19 @@ class PostgresEngine(BaseChannelEngine):
             return
         mailbox = self.shared.inbox.mailbox
         loop = asyncio.get_running_loop()
+        inbox = self.shared.inbox
+        with inbox.lock:
+            followed = set(inbox.cursors)
         idle = [
             identifier
             for identifier, queue in self._watched.items()
-            if "!" not in queue
-            and mailbox.waiting_on(queue, loop) == 0
-            and mailbox.buffered(queue) == 0
+            if (queue.startswith("#") and queue not in followed)
+            or (
+                "!" not in queue
+                and not queue.startswith("#")
+                and mailbox.waiting_on(queue, loop) == 0
+                and mailbox.buffered(queue) == 0
+            )
         ]
         for identifier in idle:
             del self._watched[identifier]
@@ -423,10 +500,24 @@ class PostgresEngine(BaseChannelEngine):
         if self._listener is not None and not self._listener.failed:
             self._unwatch_idle()
             self._on_listening(list(self._watched))
+            if inbox.members_stale:
+                self._spawn(self._sync_members_pooled())
         inbox.mailbox.expire()
         # A sender's retry arrives within its deadline and expires within ``expiry``.
         inbox.forget_senders(time.monotonic() - 2 * (self.config.expiry + self._deadline()))
         await self.shared.login.refresh_ahead()
+
+    async def _sync_members_pooled(self) -> None:
+        async with self._connection() as conn:
+            await self._sync_members(conn)
+
+    def _left_by_expiry(self) -> set[str]:
+        """Channels whose messages expired unread: they leave their groups (the table's
+        memberships go in the cleanup that asked)."""
+        channels = self.shared.inbox.mailbox.drain_expired()
+        if channels:
+            self.shared.inbox.leave(None, channels)
+        return channels
 
     def _deadline(self) -> float:
         return float(self._options["pool_timeout"])
@@ -495,7 +586,7 @@ class PostgresEngine(BaseChannelEngine):
                     housekeeping=self._housekeeping,
                     connection=self._connection,
                     statements=self.shared.statements,
-                    expired_channels=self.shared.inbox.mailbox.drain_expired,
+                    expired_channels=self._left_by_expiry,
                     query_timeout=options["query_timeout"],
                     pool_timeout=options["pool_timeout"],
                 )
@@ -506,6 +597,10 @@ class PostgresEngine(BaseChannelEngine):
         return await self.shared.login.connect("pool", timeout)
 
     # Helpers -----------------------------------------------------------------------
+
+    def _stream_identifier(self, group: str) -> str:
+        """The LISTEN identifier of ``group``'s stream (see :func:`.schema.stream_queue`)."""
+        return self._identifier(f"#{group}")
 
     def _identifier(self, queue: str) -> str:
         identifier = self._identifiers.get(queue)

@@ -152,4 +152,12 @@ class Maintenance:
                 timeout=timeout,
                 what="deleting expired claim records",
             )
-        return max(int(counts[0][0]), int(members[0][0]), int(claims[0][0])) >= CLEANUP_BATCH
+            streams = await fetch(
+                conn,
+                statements.delete_idle_streams,
+                limit,
+                timeout=timeout,
+                what="deleting the order of idle group streams",
+            )
+        counts_of = (counts, members, claims, streams)
+        return max(int(rows[0][0]) for rows in counts_of) >= CLEANUP_BATCH

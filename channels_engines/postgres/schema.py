@@ -42,10 +42,25 @@ NOTIFY_UNTIL = 0.9
 #: Columns the engine needs, by table; checked when the tables already exist.
 _COLUMNS = {
     "message": ("id", "queue", "channels", "expires_at", "payload", "sender", "seq"),
-    "group_member": ("group_name", "channel", "queue", "listen", "capacity", "expires_at"),
+    "group_member": (
+        "group_name",
+        "channel",
+        "queue",
+        "listen",
+        "capacity",
+        "expires_at",
+        "joined",
+    ),
     "claimed": ("queue", "sender", "seq", "expires_at"),
     "control": ("id", "flush_epoch"),
+    "group_stream": ("group_name", "prev", "last"),
 }
+
+
+def stream_queue(group: str) -> str:
+    """The queue of ``group``'s stream of messages to process-specific members. Channel
+    names cannot contain '#', so it is never a channel's queue."""
+    return f"#{group}"
 
 
 def listen_identifier(namespace: str, queue: str) -> str:
@@ -87,8 +102,8 @@ class Tables:
     def create_statements(self) -> list[sql.Composed]:
         """Idempotent DDL, run under a transaction-level advisory lock: the tables as
         first released, then each later change, so that tables of an earlier version are
-        brought up to date (migration 0001 holds the first part, 0002 the second)."""
-        return self.first_layout() + self.second_layout()
+        brought up to date (migrations 0001, 0002 and 0003 hold the three parts)."""
+        return self.first_layout() + self.second_layout() + self.third_layout()
 
     def first_layout(self) -> list[sql.Composed]:
         """The tables of the first layout: messages and group memberships."""
@@ -200,6 +215,28 @@ class Tables:
         ]
         return statements
 
+    def third_layout(self) -> list[sql.Composed]:
+        """Group streams: one row per group message for all process-specific members.
+
+        A group's stream row (queue '#' + group) is read, not claimed, by every process
+        with members in the group; ``group_stream`` orders each group's messages (its
+        row lock makes them commit in id order) and says which message came before, and
+        a member's ``joined`` is the last message of its group when it joined.
+        """
+        member, stream = self.name("group_member"), self.name("group_stream")
+        unlogged = sql.SQL("UNLOGGED ") if self.unlogged else sql.SQL("")
+        return [
+            sql.SQL(
+                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS joined bigint NOT NULL DEFAULT 0"
+            ).format(member),
+            sql.SQL(
+                "CREATE {}TABLE IF NOT EXISTS {} ("
+                " group_name text PRIMARY KEY,"
+                " prev bigint NOT NULL,"
+                " last bigint NOT NULL)"
+            ).format(unlogged, stream),
+        ]
+
     def create_script(self) -> str:
         """The DDL as one SQL script, for deployments whose role may not run DDL."""
         return "".join(f"{statement.as_string(None)};\n" for statement in self.create_statements())
@@ -222,8 +259,8 @@ class Tables:
                 )
             )
         statements += [
-            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {}, {}, {} TO {}").format(
-                message, member, claimed, grantee
+            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {}, {}, {}, {} TO {}").format(
+                message, member, claimed, self.name("group_stream"), grantee
             ),
             sql.SQL("GRANT SELECT, UPDATE ON {} TO {}").format(control, grantee),
             sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sequence, grantee),
@@ -237,6 +274,12 @@ class Statements:
     def __init__(self, tables: Tables) -> None:
         message, member = tables.name("message"), tables.name("group_member")
         claimed, control = tables.name("claimed"), tables.name("control")
+        stream = tables.name("group_stream")
+        ids = (
+            sql.Identifier(tables.schema, f"{tables.prefix}message_id_seq")
+            if tables.schema
+            else sql.Identifier(f"{tables.prefix}message_id_seq")
+        )
         namespace = tables.namespace
         self.ddl_lock = _lock_key(namespace, _DDL_LOCK)
         self.cleanup_lock = _lock_key(namespace, _CLEANUP_LOCK)
@@ -260,7 +303,15 @@ class Statements:
         def render(template: str, **parts: sql.Composable) -> str:
             return (
                 sql.SQL(template)
-                .format(message=message, member=member, claimed=claimed, control=control, **parts)
+                .format(
+                    message=message,
+                    member=member,
+                    claimed=claimed,
+                    control=control,
+                    stream=stream,
+                    ids=sql.Literal(ids.as_string(None)),
+                    **parts,
+                )
                 .as_string(None)
             )
 
@@ -281,11 +332,17 @@ class Statements:
         ).format(message=message, claimed=claimed)
 
         def writes(retry: bool) -> str:
-            # Direct sends and group sends gathered from concurrent callers: one row per
-            # direct send, one row per receiving queue of a group (for process-specific
-            # channels, one per process however many of its channels are members), each
-            # checked against its queue's capacity counting earlier rows of the batch,
-            # inserted in batch order, one NOTIFY per receiving process. Returns, per item,
+            # Direct sends and group sends gathered from concurrent callers, in one
+            # statement. One row per direct send. A group send stores one row per queue
+            # of its members on normal channels (each checked against its capacity,
+            # counting earlier rows of the batch), and one row in the group's stream for
+            # all its members on process-specific channels, whatever the number of
+            # their processes; each process reads it and delivers to its own members.
+            # A group appears at most once per batch: its stream row takes the group's
+            # row lock (in group order, so batches cannot deadlock) and the next id
+            # after it, so a group's stream commits in id order, and its notification
+            # says which message came before (``prev``), so a reader knows whether it
+            # missed one. One NOTIFY per receiving process or stream. Returns, per item,
             # its number of receiving queues and how many accepted it.
             return render(
                 "WITH items AS ("
@@ -295,15 +352,22 @@ class Statements:
                 "  WITH ORDINALITY AS i(target, queue, listen, capacity, payload, seq, note,"
                 "   ord)),"
                 " targets AS ("
-                "  SELECT ord, seq, queue, listen, capacity, ARRAY[target] AS channels"
+                "  SELECT ord, seq, queue, listen, capacity, ARRAY[target] AS channels,"
+                "         false AS stream"
                 "  FROM items WHERE queue IS NOT NULL"
                 "  UNION ALL"
                 "  SELECT i.ord, i.seq, m.queue, m.listen, max(m.capacity),"
-                "         array_agg(m.channel ORDER BY m.channel)"
+                "         array_agg(m.channel ORDER BY m.channel), false"
                 "  FROM items i JOIN {member} m ON m.group_name = i.target"
                 "   AND (m.expires_at IS NULL OR m.expires_at > now())"
-                "  WHERE i.queue IS NULL"
-                "  GROUP BY i.ord, i.seq, m.queue, m.listen),"
+                "  WHERE i.queue IS NULL AND strpos(m.queue, '!') = 0"
+                "  GROUP BY i.ord, i.seq, m.queue, m.listen"
+                "  UNION ALL"
+                "  SELECT i.ord, i.seq, '#' || i.target, i.listen, NULL, ARRAY['#'], true"
+                "  FROM items i WHERE i.queue IS NULL AND EXISTS ("
+                "   SELECT 1 FROM {member} m WHERE m.group_name = i.target"
+                "    AND strpos(m.queue, '!') > 0"
+                "    AND (m.expires_at IS NULL OR m.expires_at > now()))),"
                 " marked AS ("
                 "  SELECT r.*, ({present}) AS present FROM targets r),"
                 " ranked AS ("
@@ -316,22 +380,35 @@ class Statements:
                 "      WHERE m.queue = q.queue AND m.expires_at > now() LIMIT q.capacity) AS p"
                 "  ) AS free"
                 "  FROM (SELECT queue, max(capacity) AS capacity FROM targets"
-                "        GROUP BY queue) AS q),"
+                "        WHERE NOT stream GROUP BY queue) AS q),"
                 " accepted AS ("
-                "  SELECT ranked.* FROM ranked JOIN room USING (queue)"
-                "  WHERE ranked.present OR ranked.rank <= room.free),"
+                "  SELECT ranked.* FROM ranked LEFT JOIN room USING (queue)"
+                "  WHERE ranked.present OR ranked.stream OR ranked.rank <= room.free),"
+                " ordered AS ("
+                "  INSERT INTO {stream} AS s (group_name, prev, last)"
+                "  SELECT substr(a.queue, 2), 0, nextval({ids})"
+                "  FROM accepted a WHERE a.stream AND NOT a.present ORDER BY a.queue"
+                "  ON CONFLICT (group_name) DO UPDATE SET prev = s.last, last = nextval({ids})"
+                "  RETURNING '#' || group_name AS queue, prev, last),"
                 " inserted AS ("
-                "  INSERT INTO {message} (queue, channels, expires_at, payload, sender, seq)"
-                "  SELECT a.queue, a.channels, now() + make_interval(secs => %(expiry)s),"
+                "  INSERT INTO {message} (id, queue, channels, expires_at, payload, sender, seq)"
+                "  SELECT coalesce(o.last, nextval({ids})), a.queue, a.channels,"
+                "         now() + make_interval(secs => %(expiry)s),"
                 "         i.payload, %(sender)s, a.seq"
-                "  FROM accepted a JOIN items i USING (ord) WHERE NOT a.present"
+                "  FROM accepted a JOIN items i USING (ord)"
+                "  LEFT JOIN ordered o ON a.stream AND o.queue = a.queue"
+                "  WHERE NOT a.present"
                 "  ORDER BY a.ord, a.queue"
                 "  RETURNING 1),"
                 " woken AS ("
-                "  SELECT pg_notify(w.listen, {note}) FROM ("
-                "    SELECT a.listen, coalesce(i.note, '') AS note, min(a.ord) AS first"
-                "    FROM accepted a JOIN items i USING (ord) WHERE NOT a.present"
-                "    GROUP BY a.listen, coalesce(i.note, '') ORDER BY first) AS w"
+                "  SELECT pg_notify(w.listen, w.note) FROM ("
+                "    SELECT a.listen, CASE WHEN a.stream THEN o.prev || ':' || o.last || ':'"
+                "      || {note} WHEN i.queue IS NOT NULL THEN {note} ELSE '' END AS note,"
+                "      min(a.ord) AS first"
+                "    FROM accepted a JOIN items i USING (ord)"
+                "    LEFT JOIN ordered o ON a.stream AND o.queue = a.queue"
+                "    WHERE NOT a.present"
+                "    GROUP BY 1, 2 ORDER BY first) AS w"
                 "  WHERE {notify})"
                 " SELECT i.ord, count(t.queue), count(a.queue),"
                 "        (SELECT count(*) FROM inserted), (SELECT count(*) FROM woken)"
@@ -339,7 +416,7 @@ class Statements:
                 " LEFT JOIN accepted a ON a.ord = t.ord AND a.queue = t.queue"
                 " GROUP BY i.ord ORDER BY i.ord",
                 present=already_there if retry else sql.SQL("false"),
-                note=sql.SQL(note),
+                note=sql.SQL(note.replace("w.note", "coalesce(i.note, '')")),
                 notify=sql.SQL(notify),
             )
 
@@ -380,21 +457,48 @@ class Statements:
         )
         # Memberships, gathered like sends: one statement for all adds, one for all
         # discards (a key appears once in each: the last call for it wins).
+        # A new member's ``joined`` is the last message of its group's stream: it gets
+        # those after it. A process whose channel another process adds or discards is
+        # told to read its memberships again (it keeps them in memory).
         self.group_add = render(
-            "INSERT INTO {member} (group_name, channel, queue, listen, capacity, expires_at)"
-            " SELECT g, c, q, l, cap, now() + make_interval(secs => e)"
-            " FROM unnest(%(groups)s::text[], %(channels)s::text[], %(queues)s::text[],"
-            "   %(listens)s::text[], %(capacities)s::int[], %(expiries)s::float8[])"
-            "   AS a(g, c, q, l, cap, e)"
-            " ON CONFLICT (group_name, channel) DO UPDATE SET"
-            "  queue = EXCLUDED.queue, listen = EXCLUDED.listen,"
-            "  capacity = EXCLUDED.capacity, expires_at = EXCLUDED.expires_at"
+            "WITH added AS ("
+            "  INSERT INTO {member} AS m"
+            "   (group_name, channel, queue, listen, capacity, expires_at, joined)"
+            "  SELECT g, c, q, l, cap, now() + make_interval(secs => e),"
+            "   coalesce((SELECT last FROM {stream} s WHERE s.group_name = g), 0)"
+            "  FROM unnest(%(groups)s::text[], %(channels)s::text[], %(queues)s::text[],"
+            "    %(listens)s::text[], %(capacities)s::int[], %(expiries)s::float8[])"
+            "    AS a(g, c, q, l, cap, e)"
+            "  ON CONFLICT (group_name, channel) DO UPDATE SET"
+            "   queue = EXCLUDED.queue, listen = EXCLUDED.listen,"
+            "   capacity = EXCLUDED.capacity, expires_at = EXCLUDED.expires_at"
+            "  RETURNING group_name, channel, queue, listen, joined)"
+            " SELECT group_name, channel, joined, CASE WHEN strpos(queue, '!') > 0"
+            "   AND right(queue, length(%(own)s)) <> %(own)s"
+            "   THEN pg_notify(listen, '#members') END"
+            " FROM added"
         )
         self.group_discard = render(
-            "DELETE FROM {member} m USING unnest(%(groups)s::text[], %(channels)s::text[])"
-            " AS d(g, c) WHERE m.group_name = d.g AND m.channel = d.c"
+            "WITH gone AS ("
+            "  DELETE FROM {member} m USING unnest(%(groups)s::text[], %(channels)s::text[])"
+            "  AS d(g, c) WHERE m.group_name = d.g AND m.channel = d.c"
+            "  RETURNING m.queue, m.listen)"
+            " SELECT pg_notify(listen, '#members') FROM ("
+            "  SELECT DISTINCT queue, listen FROM gone"
+            "  WHERE strpos(queue, '!') > 0"
+            "   AND right(queue, length(%(own)s)) <> %(own)s) AS elsewhere"
         )
-
+        # What a process needs to deliver its members' group messages itself.
+        # With each, the group's last stream message: lower than where the process
+        # stands only after a crash of the server emptied the (unlogged) tables and
+        # started their id sequence again.
+        self.members_of = render(
+            "SELECT m.group_name, m.channel, m.joined, coalesce(s.last, 0),"
+            " extract(epoch FROM m.expires_at) - extract(epoch FROM now())"
+            " FROM {member} m LEFT JOIN {stream} s USING (group_name)"
+            " WHERE right(m.queue, length(%(own)s)) = %(own)s"
+            " AND strpos(m.queue, '!') > 0 AND (m.expires_at IS NULL OR m.expires_at > now())"
+        )
         # Claims run in a transaction that commits only once the rows are read, so a lost
         # answer loses nothing: the rows come back. If this session is abandoned halfway,
         # the server ends the transaction after the given idle time. Rows come in id
@@ -416,9 +520,36 @@ class Statements:
             "  set_config('idle_in_transaction_session_timeout', %(idle_ms)s, true)"
             " FROM claimed ORDER BY id"
         )
-        # A process-specific queue has one claimer, this process: it waits for a lock
-        # rather than skipping rows, so rows of one sender never come out of order.
-        self.claim_own = render(claim, skip=sql.SQL(""), ledger=sql.SQL(""), fresh=sql.SQL("true"))
+        # A process's catch-up: its own queues claimed (it is their one claimer, so it
+        # waits for locks rather than skipping rows, and rows of one sender never come
+        # out of order) and its groups' streams read after the last row it handled, in
+        # one statement, so in one snapshot, returned in id order. For a sender that
+        # waits for each call, id order is the order it sent in, whichever the paths.
+        self.catch_up = render(
+            "WITH claimed AS ("
+            "  DELETE FROM {message} WHERE queue = ANY(%(queues)s::text[]) AND id = ANY(ARRAY("
+            "    SELECT p.id"
+            "    FROM unnest(%(queues)s::text[], %(limits)s::int[]) AS w(queue, lim)"
+            "    CROSS JOIN LATERAL ("
+            "      SELECT id FROM {message}"
+            "      WHERE queue = w.queue AND expires_at > now()"
+            "      ORDER BY id LIMIT w.lim FOR UPDATE) AS p))"
+            "  RETURNING id, queue, channels, payload, expires_at, sender, seq),"
+            " streamed AS ("
+            "  SELECT m.id, m.queue, m.channels, m.payload, m.expires_at, m.sender, m.seq"
+            "  FROM unnest(%(streams)s::text[], %(after)s::bigint[]) AS s(queue, after)"
+            "  CROSS JOIN LATERAL ("
+            "   SELECT * FROM {message} m"
+            "   WHERE m.queue = s.queue AND m.id > s.after AND m.expires_at > now()"
+            "   ORDER BY m.id LIMIT %(stream_limit)s) AS m)"
+            " SELECT r.id, r.queue, r.channels,"
+            "  CASE WHEN octet_length(r.payload) <= %(max_size)s THEN r.payload END,"
+            "  extract(epoch FROM r.expires_at) - extract(epoch FROM now()),"
+            "  r.sender, r.seq, (SELECT flush_epoch FROM {control}), octet_length(r.payload),"
+            "  set_config('idle_in_transaction_session_timeout', %(idle_ms)s, true)"
+            " FROM (SELECT * FROM claimed UNION ALL SELECT * FROM streamed) AS r"
+            " ORDER BY r.id"
+        )
         # A shared queue has claimers in several processes: they skip each other's rows,
         # and each claim leaves its (sender, seq) in the ledger, so that whether it
         # committed can be checked when its answer is lost, and so that a retried send
@@ -471,6 +602,7 @@ class Statements:
             render("DELETE FROM {message}"),
             render("DELETE FROM {member}"),
             render("DELETE FROM {claimed}"),
+            render("DELETE FROM {stream}"),
         ]
         self.advance_epoch = render(
             "UPDATE {control} SET flush_epoch = flush_epoch + 1 RETURNING flush_epoch"
@@ -498,6 +630,14 @@ class Statements:
             "WITH gone AS (DELETE FROM {claimed} WHERE ctid IN ("
             "  SELECT ctid FROM {claimed} WHERE expires_at <= now() LIMIT %(limit)s)"
             "  RETURNING 1) SELECT count(*) FROM gone"
+        )
+        # The order of a group's stream is kept while it has members or messages.
+        self.delete_idle_streams = render(
+            "WITH gone AS (DELETE FROM {stream} WHERE ctid IN ("
+            "  SELECT ctid FROM {stream} s"
+            "  WHERE NOT EXISTS (SELECT 1 FROM {member} m WHERE m.group_name = s.group_name)"
+            "  AND NOT EXISTS (SELECT 1 FROM {message} m WHERE m.queue = '#' || s.group_name)"
+            "  LIMIT %(limit)s) RETURNING 1) SELECT count(*) FROM gone"
         )
         self.leave_groups = render("DELETE FROM {member} WHERE channel = ANY(%(channels)s)")
 

@@ -143,6 +143,7 @@ class Writer:
         connection: ConnectionContext,
         statements: Statements,
         sender: Sender,
+        own: str,
         expiry: Callable[[], float],
         query_timeout: float,
         deadline: float,
@@ -150,6 +151,7 @@ class Writer:
         self._connection = connection
         self._statements = statements
         self.sender = sender
+        self._own = own
         self._expiry = expiry
         self._query_timeout = query_timeout
         self._deadline = deadline
@@ -174,15 +176,19 @@ class Writer:
         )
         return accepted
 
-    async def group_send(self, group: str, payload: bytes) -> tuple[int, int]:
-        """Store a message for every member of ``group``: (receiving queues, accepted)."""
-        counts: tuple[int, int] = await self._submit(_Message(target=group, payload=payload))
+    async def group_send(self, group: str, stream: str, payload: bytes) -> tuple[int, int]:
+        """Store a message for every member of ``group`` (``stream``: the LISTEN identifier
+        of its stream): (receiving queues and streams, accepted)."""
+        counts: tuple[int, int] = await self._submit(
+            _Message(target=group, payload=payload, listen=stream)
+        )
         return counts
 
     async def group_add(
         self, group: str, channel: str, queue: str, listen: str, capacity: int, expiry: float | None
-    ) -> None:
-        await self._submit(
+    ) -> int:
+        """Store a membership; the last message of the group's stream when it joined."""
+        joined: int = await self._submit(
             _Membership(
                 add=True,
                 group=group,
@@ -193,6 +199,7 @@ class Writer:
                 expiry=expiry,
             )
         )
+        return joined
 
     async def group_discard(self, group: str, channel: str) -> None:
         await self._submit(_Membership(add=False, group=group, channel=channel))
@@ -260,18 +267,20 @@ class Writer:
         messages = [call for call in batch if isinstance(call, _Message)]
         if memberships:
             try:
-                await self._confirmed(lambda conn, retry: self._members(conn, memberships))
+                joined = await self._confirmed(lambda conn, retry: self._members(conn, memberships))
             except Exception as exc:
                 results.update((call, exc) for call in memberships)
             else:
-                results.update((call, None) for call in memberships)
+                results.update(
+                    (call, joined.get((call.group, call.channel), 0)) for call in memberships
+                )
         if messages:
             expires_at = time.time() + self._expiry()
             for message in messages:
                 message.seq = self.sender.take()
-                if self.notary is not None and message.queue not in (None, message.target):
-                    # Process-specific: one process receives it, which can take it
-                    # from the notification.
+                if self.notary is not None and message.queue != message.target:
+                    # Process-specific, or a group's stream: the receiving processes can
+                    # take it from the notification.
                     message.note = self.notary.write(
                         message.listen or "",
                         message.target,
@@ -280,21 +289,26 @@ class Writer:
                         expires_at,
                         message.payload,
                     )
-            try:
-                counts = await self._confirmed(
-                    lambda conn, retry: self._messages(conn, messages, retry)
-                )
-            except Exception as exc:
-                results.update((call, exc) for call in messages)
-            else:
-                for message, (queues, accepted) in zip(messages, counts, strict=True):
-                    direct = message.queue is not None
-                    results[message] = accepted > 0 if direct else (queues, accepted)
+            for part in _one_per_group(messages):
+
+                async def store(conn: Connection, retry: bool, part: list[_Message] = part) -> Any:
+                    return await self._messages(conn, part, retry)
+
+                try:
+                    counts = await self._confirmed(store)
+                except Exception as exc:
+                    results.update((call, exc) for call in part)
+                else:
+                    for message, (queues, accepted) in zip(part, counts, strict=True):
+                        direct = message.queue is not None
+                        results[message] = accepted > 0 if direct else (queues, accepted)
         return [results[call] for call in batch]
 
     # Statements ----------------------------------------------------------------------
 
-    async def _members(self, conn: Connection, calls: Sequence[_Membership]) -> None:
+    async def _members(
+        self, conn: Connection, calls: Sequence[_Membership]
+    ) -> dict[tuple[str, str], int]:
         latest: dict[tuple[str, str], _Membership] = {}
         for call in calls:  # the last call for a key wins
             latest.pop((call.group, call.channel), None)
@@ -302,8 +316,9 @@ class Writer:
         adds = [call for call in latest.values() if call.add]
         discards = [call for call in latest.values() if not call.add]
         timeout = self._query_timeout
+        joined: dict[tuple[str, str], int] = {}
         if adds:
-            await fetch(
+            rows = await fetch(
                 conn,
                 self._statements.group_add,
                 {
@@ -313,10 +328,12 @@ class Writer:
                     "listens": [call.listen for call in adds],
                     "capacities": [call.capacity for call in adds],
                     "expiries": [call.expiry for call in adds],
+                    "own": self._own,
                 },
                 timeout=timeout,
                 what="group_add()",
             )
+            joined = {(row[0], row[1]): int(row[2]) for row in rows}
         if discards:
             await fetch(
                 conn,
@@ -324,10 +341,12 @@ class Writer:
                 {
                     "groups": [call.group for call in discards],
                     "channels": [call.channel for call in discards],
+                    "own": self._own,
                 },
                 timeout=timeout,
                 what="group_discard()",
             )
+        return joined
 
     async def _messages(
         self, conn: Connection, calls: Sequence[_Message], retry: bool
@@ -443,3 +462,18 @@ def _reason(exc: BaseException | None) -> str:
         return "no answer"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _one_per_group(messages: Sequence[_Message]) -> list[list[_Message]]:
+    """Consecutive parts of ``messages`` in which no group is sent to twice: a group's
+    stream takes one message per statement."""
+    parts: list[list[_Message]] = [[]]
+    groups: set[str] = set()
+    for message in messages:
+        if message.queue is None:
+            if message.target in groups:
+                parts.append([])
+                groups = set()
+            groups.add(message.target)
+        parts[-1].append(message)
+    return parts

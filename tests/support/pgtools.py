@@ -183,7 +183,7 @@ class Admin:
         ]
 
     def drop_tables(self, prefix: str, schema: str | None = None) -> None:
-        for table in ("message", "group_member", "claimed", "control"):
+        for table in ("message", "group_member", "claimed", "control", "group_stream"):
             name = (
                 sql.Identifier(schema, prefix + table) if schema else sql.Identifier(prefix + table)
             )
