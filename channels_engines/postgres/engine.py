@@ -457,15 +457,23 @@ class PostgresEngine(BaseChannelEngine):
 
     def _spawn_soon(self, queue: str) -> None:
         """Claim shared ``queue`` in the background (or make the running claim repeat)."""
-        if self._closed or not self.shared.inbox.start_claim(queue):
-            return
-        self._spawn(self._delivery.claim(queue))
+        if not self._closed:
+            self._spawn(self._claim_if_first(queue))
+
+    async def _claim_if_first(self, queue: str) -> None:
+        # Marked as claiming only once running: a task cancelled before it starts (its
+        # loop closing) must not leave the queue marked for every other loop.
+        if self.shared.inbox.start_claim(queue):
+            await self._delivery.claim(queue)
 
     def _catch_up_soon(self) -> None:
         """Catch up in the background (or make the running catch-up repeat)."""
-        if self._closed or not self.shared.inbox.start_catch_up():
-            return
-        self._spawn(self._delivery.catch_up())
+        if not self._closed:
+            self._spawn(self._catch_up_if_first())
+
+    async def _catch_up_if_first(self) -> None:
+        if self.shared.inbox.start_catch_up():
+            await self._delivery.catch_up()
 
     def _unwatch_idle(self) -> None:
         """Stop listening for normal channels no receiver of this loop waits on."""
