@@ -253,7 +253,7 @@ def outsider(admin: Admin) -> Iterator[str]:
     params["user"] = role
     params.pop("password", None)
     try:
-        yield psycopg.conninfo.make_conninfo(**params)
+        yield " ".join(f"{key}={value}" for key, value in params.items())
     finally:
         admin.conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 

@@ -273,7 +273,7 @@ def test_tables_are_created_at_first_use_and_creation_is_idempotent(
         await second.close()
 
     run(scenario())
-    assert len(admin.tables(prefix + "%")) == 4
+    assert len(admin.tables(prefix + "%")) == 5
 
 
 def test_eight_processes_create_the_tables_at_the_same_instant(admin: Admin) -> None:

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -334,7 +334,9 @@ class PostgresEngine(BaseChannelEngine):
 
         inbox.watchers[id(self)] = watch_streams
         self._listener.watch([self._flush_identifier, *self._watched])
-        self._watch_streams(list(inbox.streams.values()))
+        with inbox.lock:
+            followed = list(inbox.streams.values())
+        self._watch_streams(followed)
         self._listener.start()
         return self._listener
 
@@ -457,23 +459,37 @@ class PostgresEngine(BaseChannelEngine):
 
     def _spawn_soon(self, queue: str) -> None:
         """Claim shared ``queue`` in the background (or make the running claim repeat)."""
-        if not self._closed:
-            self._spawn(self._claim_if_first(queue))
-
-    async def _claim_if_first(self, queue: str) -> None:
-        # Marked as claiming only once running: a task cancelled before it starts (its
-        # loop closing) must not leave the queue marked for every other loop.
-        if self.shared.inbox.start_claim(queue):
-            await self._delivery.claim(queue)
+        inbox = self.shared.inbox
+        if not self._closed and inbox.start_claim(queue):
+            self._spawn_marked(self._delivery.claim(queue), lambda: inbox.abandon_claim(queue))
 
     def _catch_up_soon(self) -> None:
-        """Catch up in the background (or make the running catch-up repeat)."""
-        if not self._closed:
-            self._spawn(self._catch_up_if_first())
+        """Catch up in the background (or make the running catch-up repeat).
 
-    async def _catch_up_if_first(self) -> None:
-        if self.shared.inbox.start_catch_up():
-            await self._delivery.catch_up()
+        The process is marked as catching up at once, not when the task first runs:
+        from here on, notes wait for the catch-up, so none can overtake (and make a
+        duplicate of) a row the catch-up will take."""
+        inbox = self.shared.inbox
+        if not self._closed and inbox.start_catch_up():
+            self._spawn_marked(self._delivery.catch_up(), inbox.end_catch_up)
+
+    def _spawn_marked(self, work: Coroutine[Any, Any, Any], unmark: Callable[[], None]) -> None:
+        """Run ``work``, which ends the mark it was started under; if the task is cancelled
+        before ``work`` ever runs (its loop closing), ``unmark()`` ends it instead, so it
+        does not stay on for every other loop of the process."""
+        started = False
+
+        async def run() -> None:
+            nonlocal started
+            started = True
+            await work
+
+        def never_ran(_task: asyncio.Task[Any]) -> None:
+            if not started:
+                work.close()
+                unmark()
+
+        self._spawn(run()).add_done_callback(never_ran)
 
     def _unwatch_idle(self) -> None:
         """Stop listening for normal channels no receiver of this loop waits on."""

@@ -94,6 +94,10 @@ class Inbox:
             self.catch_up_again = False
             return True
 
+    def end_catch_up(self) -> None:
+        with self.lock:
+            self.catching_up = False
+
     # Flushes ---------------------------------------------------------------------------
 
     def apply_epoch(self, epoch: int) -> bool:
@@ -177,6 +181,7 @@ class Inbox:
             self.changes = None
             for queue in [queue for queue in self.cursors if queue[1:] not in self.groups]:
                 del self.cursors[queue]
+                self.streams.pop(queue, None)
             for group, members in self.groups.items():
                 joined = min(member[0] for member in members.values())
                 if self._follow(group, joined, identifier(stream_queue(group))):
@@ -193,6 +198,7 @@ class Inbox:
         with self.lock:
             self.groups.clear()
             self.cursors.clear()
+            self.streams.clear()
             self.members_stale = False
 
     def members(self, queue: str) -> dict[str, Membership]:
@@ -215,6 +221,7 @@ class Inbox:
             if not members:
                 del self.groups[name]
                 self.cursors.pop(stream_queue(name), None)
+                self.streams.pop(stream_queue(name), None)
 
     def _follow(self, group: str, joined: int, identifier: str) -> bool:
         queue = stream_queue(group)
