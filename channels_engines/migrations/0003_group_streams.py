@@ -16,9 +16,11 @@ from ._postgresql import PostgreSQLOnly
 UPGRADE = (
     'ALTER TABLE "channels_engines_group_member" ADD COLUMN IF NOT EXISTS joined bigint NOT NULL DEFAULT 0',
     'CREATE UNLOGGED TABLE IF NOT EXISTS "channels_engines_group_stream" ( group_name text PRIMARY KEY, prev bigint NOT NULL, last bigint NOT NULL)',
+    'CREATE INDEX IF NOT EXISTS "channels_engines_group_member_shared" ON "channels_engines_group_member" (group_name) WHERE strpos(queue, \'!\') = 0',
 )
 
 DOWNGRADE = (
+    'DROP INDEX IF EXISTS "channels_engines_group_member_shared"',
     'DROP TABLE IF EXISTS "channels_engines_group_stream"',
     'ALTER TABLE "channels_engines_group_member" DROP COLUMN IF EXISTS joined',
 )

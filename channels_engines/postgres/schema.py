@@ -235,6 +235,11 @@ class Tables:
                 " prev bigint NOT NULL,"
                 " last bigint NOT NULL)"
             ).format(unlogged, stream),
+            # A group send looks up the members on normal channels only (the rest share
+            # the stream): without this, it would visit every member of the group.
+            sql.SQL(
+                "CREATE INDEX IF NOT EXISTS {} ON {} (group_name) WHERE strpos(queue, '!') = 0"
+            ).format(self.index("group_member_shared"), member),
         ]
 
     def create_script(self) -> str:
