@@ -39,6 +39,11 @@ MAX_PAYLOAD = 256 * 1024 * 1024
 NOTES_UNTIL = 0.5
 NOTIFY_UNTIL = 0.9
 
+#: A batch that stores more messages than this for one process sends it one wake-up
+#: instead of a note each: the process takes them all in one catch-up, one round trip,
+#: instead of reading and checking a notification per message.
+NOTES_PER_BATCH = 4
+
 #: Columns the engine needs, by table; checked when the tables already exist.
 _COLUMNS = {
     "message": ("id", "queue", "channels", "expires_at", "payload", "sender", "seq"),
@@ -408,9 +413,12 @@ class Statements:
                 " woken AS ("
                 "  SELECT pg_notify(w.listen, w.note) FROM ("
                 "    SELECT a.listen, CASE WHEN a.stream THEN o.prev || ':' || o.last || ':'"
-                "      || {note} WHEN i.queue IS NOT NULL THEN {note} ELSE '' END AS note,"
+                "      || {note} WHEN i.queue IS NOT NULL AND b.n <= {notes_per_batch}"
+                "      THEN {note} ELSE '' END AS note,"
                 "      min(a.ord) AS first"
                 "    FROM accepted a JOIN items i USING (ord)"
+                "    JOIN (SELECT listen, count(*) AS n FROM accepted WHERE NOT present"
+                "          GROUP BY listen) AS b ON b.listen = a.listen"
                 "    LEFT JOIN ordered o ON a.stream AND o.queue = a.queue"
                 "    WHERE NOT a.present"
                 "    GROUP BY 1, 2 ORDER BY first) AS w"
@@ -421,6 +429,7 @@ class Statements:
                 " LEFT JOIN accepted a ON a.ord = t.ord AND a.queue = t.queue"
                 " GROUP BY i.ord ORDER BY i.ord",
                 present=already_there if retry else sql.SQL("false"),
+                notes_per_batch=sql.SQL(str(NOTES_PER_BATCH)),
                 note=sql.SQL(note.replace("w.note", "coalesce(i.note, '')")),
                 notify=sql.SQL(notify),
             )
