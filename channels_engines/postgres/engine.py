@@ -2,11 +2,12 @@
 
 The engine adapts the channel layer contract to its parts, one per event loop: a small
 bounded pool, a :class:`~.sending.Writer` that batches what this loop stores, a
-:class:`~.delivery.Delivery` that claims rows into the mailbox the process shares, one
-LISTEN connection (:class:`~.listener.Listener`) once something is received, and the
-periodic :class:`~.maintenance.Maintenance`. Each message is a row; its NOTIFY names
-only the receiving process (or, for a normal channel, its receivers), which claims rows
-atomically, so a message is never delivered twice.
+:class:`~.delivery.Delivery` that takes messages (from notifications, catch-ups and
+claims) into the :class:`~.inbox.Inbox` the process shares, one LISTEN connection
+(:class:`~.listener.Listener`) once something is received, and the periodic
+:class:`~.maintenance.Maintenance`. Each message is a row; its NOTIFY names only the
+receiving process (or, for a normal channel, its receivers; for a group, the group's
+stream), and the sender's id and sequence number keep it to one delivery.
 """
 
 from __future__ import annotations

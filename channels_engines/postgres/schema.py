@@ -1,13 +1,16 @@
 """Tables, indexes and every SQL statement of the PostgreSQL engine, and table creation.
 
-A message is a row; the NOTIFY that follows it only wakes the process that owns the row's
-queue. Names of channels and groups reach SQL only as bind parameters; table names come
-from settings and are quoted as identifiers. LISTEN identifiers are fixed-length hashes,
-never built from raw names, so they need no quoting and cannot be truncated.
+A message is a row; the NOTIFY that follows it wakes the process that owns the row's
+queue (and, sealed and signed, may carry the message: see :mod:`.notes`). A group message
+for members on process-specific channels is one row in the group's stream (queue '#' +
+group), which every process with members reads. Names of channels and groups reach SQL
+only as bind parameters; table names come from settings and are quoted as identifiers.
+LISTEN identifiers are fixed-length hashes, never built from raw names, so they need no
+quoting and cannot be truncated.
 
-Four tables: messages, group memberships, the ledger of claims from queues that several
-processes share, and one row of control state (the flush epoch) that only roles allowed to
-write the tables can change.
+Five tables: messages, group memberships, the ledger of claims from queues that several
+processes share, one row of control state (the flush epoch) that only roles allowed to
+write the tables can change, and the order of each group's stream.
 """
 
 from __future__ import annotations
