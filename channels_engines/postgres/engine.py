@@ -109,7 +109,6 @@ class PostgresEngine(BaseChannelEngine):
         self._control = listen_identifier(shared.namespace, f"#control:{client_id}:{id(self):x}")
         self._flush_identifier = listen_identifier(shared.namespace, "#flush")
         self._closed = False
-        self._last_drop_warning = 0.0
         self._writer: Writer = Writer(
             connection=self._connection,
             statements=shared.statements,
@@ -659,8 +658,9 @@ class PostgresEngine(BaseChannelEngine):
 
     def _warn_dropped(self, message: str, *args: Any) -> None:
         now = time.monotonic()
-        if now - self._last_drop_warning >= _WARN_EVERY:
-            self._last_drop_warning = now
+        # Shared by the process's loops: async_to_sync makes a new engine per call.
+        if now - self.shared.last_drop_warning >= _WARN_EVERY:
+            self.shared.last_drop_warning = now
             logger.warning(message, *args)
         else:
             logger.debug(message, *args)
@@ -679,6 +679,8 @@ class _Shared:
     handoff: IdleHandoff
     inbox: Inbox
     senders: Senders
+    #: When a dropped group message was last logged as a warning (monotonic seconds).
+    last_drop_warning: float = 0.0
 
     @property
     def mailbox(self) -> Mailbox:
