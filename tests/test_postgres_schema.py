@@ -508,5 +508,7 @@ def test_queries_of_the_listener_session_are_not_jit_compiled(app: str, prefix: 
                 ).fetchone()
             assert row is not None
             plan = row[0][0]
-            assert plan["Plan"]["Total Cost"] >= 1e10  # plan types are disabled here
+            if conn.info.server_version < 180000:
+                # Before PostgreSQL 18, a disabled plan type adds 1e10 to the cost.
+                assert plan["Plan"]["Total Cost"] >= 1e10
             assert "JIT" not in plan, plan["JIT"]
