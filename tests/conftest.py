@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import django
 import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 django.setup()
@@ -65,3 +67,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def outsider(admin: Admin) -> Iterator[str]:
+    """A DSN of a role that may only connect: it can LISTEN and NOTIFY on any name."""
+    role = unique("ce_out")
+    admin.conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    params = conninfo_to_dict(server_dsn())
+    params["user"] = role
+    params.pop("password", None)
+    try:
+        yield " ".join(f"{key}={value}" for key, value in params.items())
+    finally:
+        admin.conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

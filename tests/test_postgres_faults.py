@@ -40,6 +40,7 @@ from tests.support.pgtools import (
     digest,
     dropped_afterwards,
     engine_of,
+    listening_backend,
     make_layer,
     message,
     run,
@@ -49,20 +50,6 @@ from tests.support.pgtools import (
 from tests.support.polling import await_for, payload_bytes, wait_for
 
 pytestmark = pytest.mark.postgres
-
-
-def listening_backend(admin: Admin, app: str, known: list[int]) -> int | None:
-    """The backend of ``app`` that is not in ``known`` and has run LISTEN, if there is one.
-
-    ``app`` is the listener's own application_name; the first statement a new listener
-    connection runs is its LISTEN, so a finished first statement means it listens.
-    """
-    rows = admin.rows(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND pid <> ALL(%s)"
-        " AND query <> '' AND NOT (state = 'active' AND query LIKE 'LISTEN %%')",
-        [app, known],
-    )
-    return int(rows[0][0]) if len(rows) == 1 else None
 
 
 def check_history(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -26,6 +25,7 @@ from tests.support.pgtools import (
     config,
     digest,
     engine_of,
+    listening_backend,
     make_layer,
     message,
     run,
@@ -244,20 +244,6 @@ def test_after_the_server_lost_its_unlogged_tables_group_messages_arrive_again(
     run(scenario())
 
 
-@pytest.fixture
-def outsider(admin: Admin) -> Iterator[str]:
-    """A role that may only connect: it can LISTEN and NOTIFY on any name."""
-    role = unique("ce_out")
-    admin.conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-    params = psycopg.conninfo.conninfo_to_dict(server_dsn())
-    params["user"] = role
-    params.pop("password", None)
-    try:
-        yield " ".join(f"{key}={value}" for key, value in params.items())
-    finally:
-        admin.conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
-
-
 def test_killing_listeners_while_group_messages_are_in_flight_loses_and_duplicates_nothing(
     prefix: str, admin: Admin
 ) -> None:
@@ -302,7 +288,7 @@ def test_killing_listeners_while_group_messages_are_in_flight_loses_and_duplicat
                     pids.append(
                         await asyncio.to_thread(
                             wait_for,
-                            lambda: _new_listener(admin, victim, pids),
+                            lambda: listening_backend(admin, victim, pids),
                             "a new LISTEN backend",
                         )
                     )
@@ -325,12 +311,3 @@ def test_killing_listeners_while_group_messages_are_in_flight_loses_and_duplicat
             child.expect("closing")
             assert child.finish() == 0
     assert len(set(pids)) == kills + 1
-
-
-def _new_listener(admin: Admin, app: str, known: list[int]) -> int | None:
-    rows = admin.rows(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND pid <> ALL(%s)"
-        " AND query <> '' AND NOT (state = 'active' AND query LIKE 'LISTEN %%')",
-        [app, known],
-    )
-    return int(rows[0][0]) if len(rows) == 1 else None

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 from channels.exceptions import ChannelFull
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 from channels_engines.postgres.notes import Notary
 from channels_engines.postgres.schema import listen_identifier
-from tests.support.pgtools import Admin, engine_of, make_layer, run, server_dsn, unique
+from tests.support.pgtools import Admin, engine_of, make_layer, run, server_dsn
 from tests.support.polling import await_for, payload_bytes
 
 pytestmark = pytest.mark.postgres
@@ -28,20 +26,6 @@ pytestmark = pytest.mark.postgres
 def rows(admin: Admin, prefix: str) -> int:
     query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(prefix + "message"))
     return int(admin.conn.execute(query).fetchone()[0])
-
-
-@pytest.fixture
-def outsider(admin: Admin) -> Iterator[str]:
-    """A DSN of a role that may only connect."""
-    role = unique("ce_out")
-    admin.conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-    params = conninfo_to_dict(server_dsn())
-    params["user"] = role
-    params.pop("password", None)
-    try:
-        yield " ".join(f"{key}={value}" for key, value in params.items())
-    finally:
-        admin.conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 async def pair(app: str, prefix: str, **kw: Any) -> tuple[Any, Any, str]:

@@ -453,3 +453,17 @@ class Child:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+def listening_backend(admin: Admin, app: str, known: list[int]) -> int | None:
+    """The backend of ``app`` that is not in ``known`` and has run LISTEN, if there is one.
+
+    ``app`` is the listener's own application_name; the first statement a new listener
+    connection runs is its LISTEN, so a finished first statement means it listens.
+    """
+    rows = admin.rows(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND pid <> ALL(%s)"
+        " AND query <> '' AND NOT (state = 'active' AND query LIKE 'LISTEN %%')",
+        [app, known],
+    )
+    return int(rows[0][0]) if len(rows) == 1 else None
