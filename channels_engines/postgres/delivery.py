@@ -93,8 +93,8 @@ class Delivery:
         self.notary: Notary | None = None
         # (queue, sender, seq) of rows whose messages were delivered from notes.
         self._delivered: list[tuple[str, int, int]] = []
-        self._last_forgery_warning = 0.0
-        self._last_full_warning = 0.0
+        # When each kind of warning was last logged (monotonic seconds).
+        self._warned: dict[str, float] = {}
         # The flush epoch as of the notifications this engine's listener has read: notes
         # are used only while it is the process's epoch.
         self.stream_epoch: int | None = None
@@ -261,10 +261,16 @@ class Delivery:
             events.count("group_send.dropped", dropped)
             self._full(dropped)
 
-    def _full(self, count: int) -> None:
+    def _due(self, kind: str) -> bool:
+        """Whether a warning of ``kind`` may be logged now (at most once a minute)."""
         now = time.monotonic()
-        if now - self._last_full_warning >= _WARN_EVERY:
-            self._last_full_warning = now
+        if now - self._warned.get(kind, -_WARN_EVERY) < _WARN_EVERY:
+            return False
+        self._warned[kind] = now
+        return True
+
+    def _full(self, count: int) -> None:
+        if self._due("full"):
             logger.warning(
                 "%d group message(s) missed this process's members: their channels were at "
                 "capacity (group_send.dropped counts them). Their consumers do not keep up, "
@@ -639,9 +645,7 @@ class Delivery:
 
     def _forgeries(self, queue: str) -> None:
         self._events().count("receive.forged_notification")
-        now = time.monotonic()
-        if now - self._last_forgery_warning >= _WARN_EVERY:
-            self._last_forgery_warning = now
+        if self._due("forged"):
             logger.warning(
                 "Ignored a notification for queue %r that carries a message but does not "
                 "verify with this layer's keys. Either another database role sends "
