@@ -410,7 +410,7 @@ def test_cancelled_receives_lose_nothing_while_another_process_sends(
         assert [item["n"] for item in got] == list(range(total))
         await layer.send(channel, {"type": "sentinel"})
         assert await asyncio.wait_for(layer.receive(channel), 10) == {"type": "sentinel"}
-        assert admin.table_count(prefix + "message") == 0
+        await await_for(lambda: admin.table_count(prefix + "message") == 0, "rows deleted")
         await layer.close()
 
     run(scenario())
@@ -461,5 +461,7 @@ def test_claims_mark_the_index_entries_of_claimed_rows_dead_so_later_scans_skip_
     dead, total = dead_index_items(admin, index)
     # Marked entries are skipped by every scan and removed when their page fills up, so
     # the index does not keep one entry per claimed row (601 here) until a vacuum.
-    assert total - dead <= 5, (dead, total)
+    # The last rows are deleted together (at most a quarter of the capacity of 100), and
+    # no scan passes their entries afterwards.
+    assert total - dead <= 100 // 4 + 5, (dead, total)
     assert total < 300, (dead, total)

@@ -58,6 +58,25 @@ def test_messages_for_a_process_arrive_in_their_notification_and_rows_are_reaped
     run(scenario())
 
 
+def test_rows_of_delivered_notes_never_make_a_sender_see_its_receiver_as_full(
+    app: str, prefix: str, admin: Admin
+) -> None:
+    """The rows of delivered notes are deleted together, a little later, and count
+    against senders until then: never as much as the capacity."""
+
+    async def scenario() -> None:
+        sender, receiver, channel = await pair(app, prefix, capacity=8)
+        for n in range(300):
+            await sender.send(channel, {"type": "m", "n": n})
+            assert (await asyncio.wait_for(receiver.receive(channel), 10))["n"] == n
+        assert engine_of(receiver)._delivery.from_notes >= 300
+        await await_for(lambda: rows(admin, prefix) == 0, "delivered rows deleted")
+        await sender.close()
+        await receiver.close()
+
+    run(scenario())
+
+
 def test_large_and_small_messages_of_one_sender_keep_their_order(app: str, prefix: str) -> None:
     """A message too large for a notification is claimed; notes after it wait for the
     claim, so nothing overtakes it."""

@@ -50,6 +50,10 @@ _CLAIM_BATCH = 256
 _STREAM_BATCH = 1000
 # Rows of delivered notes deleted per statement.
 _REAP_BATCH = 1000
+# Rows of delivered notes wait this long (seconds) to be deleted together, unless a
+# queue's waiting rows reach a quarter of its capacity first: until deleted they count
+# against senders' capacity checks.
+REAP_DELAY = 0.02
 # Bad rows and dropped group messages are reported at most this often (seconds).
 _WARN_EVERY = 60.0
 # What a notification that needs the table is marked with while held.
@@ -93,6 +97,10 @@ class Delivery:
         self.notary: Notary | None = None
         # (queue, sender, seq) of rows whose messages were delivered from notes.
         self._delivered: list[tuple[str, int, int]] = []
+        # When the oldest of them was delivered (monotonic), and how many each queue has.
+        self._delivered_since = 0.0
+        self._undeleted: dict[str, int] = {}
+        self._reap_now = False
         # When each kind of warning was last logged (monotonic seconds).
         self._warned: dict[str, float] = {}
         # The flush epoch as of the notifications this engine's listener has read: notes
@@ -251,7 +259,18 @@ class Delivery:
 
     def _counted(self, delivered: list[tuple[str, int, int]], counts: list[int]) -> None:
         duplicates, expired, from_streams, dropped, _ = counts
-        self._delivered.extend(delivered)
+        if delivered:
+            if not self._delivered:
+                self._delivered_since = time.monotonic()
+            self._delivered.extend(delivered)
+            undeleted = self._undeleted
+            for queue, _, _ in delivered:
+                waiting = undeleted.get(queue, 0) + 1
+                undeleted[queue] = waiting
+                if waiting * 4 >= self._capacity_for(queue):
+                    self._reap_now = True
+            if len(self._delivered) >= _REAP_BATCH:
+                self._reap_now = True
         self.from_notes += len(delivered)
         self.from_streams += from_streams
         events = self._events()
@@ -326,13 +345,11 @@ class Delivery:
             with inbox.lock:
                 inbox.catching_up = False
             raise
-        if self._delivered:
-            # Rows of the notes delivered as it ended go now.
-            if conn is not None:
-                await self.reap(conn)
-            else:
-                async with self._connection(self._pool_timeout) as pooled:
-                    await self.reap(pooled)
+        if self._delivered and conn is None:
+            # Rows of the notes delivered as it ended go now: the listener, which deletes
+            # them otherwise (see reap_in), may be waiting for a notification.
+            async with self._connection(self._pool_timeout) as pooled:
+                await self.reap(pooled)
 
     async def _catch_up_once(
         self, limits: dict[str, int], after: dict[str, int], conn: Connection | None
@@ -620,12 +637,36 @@ class Delivery:
 
     # Rows of notes -----------------------------------------------------------------
 
+    def reap_in(self) -> float | None:
+        """Seconds until the rows of delivered notes are due to be deleted (0: now), or
+        None when there are none. Deleting them together saves a statement per message;
+        a queue whose rows reach a quarter of its capacity is due at once, so senders'
+        capacity checks stay close to what waits."""
+        if not self._delivered:
+            return None
+        if self._reap_now:
+            return 0.0
+        return max(0.0, self._delivered_since + REAP_DELAY - time.monotonic())
+
+    async def reap_before_closing(self) -> None:
+        """Delete the rows of delivered notes still waiting, on a pooled connection, as
+        the engine closes. A failure leaves them to expire: nobody else claims them."""
+        if not self._delivered:
+            return
+        try:
+            async with self._connection(self._pool_timeout) as conn:
+                await self.reap(conn)
+        except Exception as exc:
+            logger.debug("Could not delete the rows of delivered notes on closing: %r", exc)
+
     async def reap(self, conn: Connection) -> None:
         """Delete the rows of the messages delivered from notes, in one statement, on the
         listener's connection (whose plain index scans mark the entries of rows deleted
         before as dead). A row left by a failure is claimed later and dropped as already
         delivered."""
         rows, self._delivered = self._delivered, []
+        self._undeleted.clear()
+        self._reap_now = False
         while rows:
             batch, rows = rows[:_REAP_BATCH], rows[_REAP_BATCH:]
             with self.inbox.lock:

@@ -245,6 +245,7 @@ class PostgresEngine(BaseChannelEngine):
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
+            await self._delivery.reap_before_closing()
         if self._maintenance is not None:
             await self._maintenance.stop()
             self._maintenance = None
@@ -319,6 +320,8 @@ class PostgresEngine(BaseChannelEngine):
             on_wake=self._on_wake,
             on_listening=self._on_listening,
             on_connect=self._listener_connected,
+            chores_in=self._delivery.reap_in,
+            chores=self._delivery.reap,
             heartbeat=options["heartbeat_interval"],
             heartbeat_timeout=options["heartbeat_timeout"],
             query_timeout=options["query_timeout"],
@@ -440,7 +443,6 @@ class PostgresEngine(BaseChannelEngine):
             await self._sync_members(conn)
         if catch_up and not self._closed and inbox.start_catch_up():
             await delivery.catch_up(conn)
-        await delivery.reap(conn)
 
     def _on_listening(self, identifiers: Iterable[str]) -> None:
         """Claim (or catch up with) what arrived before (or while) these identifiers were

@@ -56,6 +56,8 @@ class Listener:
         on_wake: Callable[[Connection, list[tuple[str, str]]], Awaitable[None]],
         on_listening: Callable[[Iterable[str]], None],
         on_connect: Callable[[Connection], Awaitable[None]],
+        chores_in: Callable[[], float | None],
+        chores: Callable[[Connection], Awaitable[None]],
         heartbeat: float,
         heartbeat_timeout: float,
         query_timeout: float,
@@ -68,6 +70,8 @@ class Listener:
         self._on_wake = on_wake
         self._on_listening = on_listening
         self._on_connect = on_connect
+        self._chores_in = chores_in
+        self._chores = chores
         self._heartbeat = heartbeat
         self._heartbeat_timeout = heartbeat_timeout
         self._query_timeout = query_timeout
@@ -281,12 +285,17 @@ class Listener:
                 self._on_listening(pending)
             if self._unwanted:
                 await self._unlisten(conn)
+            chores_in = self._chores_in()
+            if chores_in is not None and chores_in <= 0:
+                await self._chores(conn)
+                continue
+            wait = self._heartbeat if chores_in is None else min(chores_in, self._heartbeat)
             woken: list[tuple[str, str]] = []
             heard = False
             # stop_after=1 ends the wait after one packet of notifications, all of it
             # delivered: nothing is dropped by leaving the stream. They are handed on in
             # the order the server sent them (the order their transactions committed).
-            async for note in conn.notifies(timeout=self._heartbeat, stop_after=1):
+            async for note in conn.notifies(timeout=wait, stop_after=1):
                 heard = True
                 if note.channel != self._control:
                     woken.append((note.channel, note.payload))
@@ -294,6 +303,8 @@ class Listener:
                 if woken:
                     await self._on_wake(conn, woken)
                 continue
+            if chores_in is not None:
+                continue  # the chores are due now (the loop runs them)
             # Idle: prove the server still answers (keepalives do not detect a hung
             # backend or a proxy that stopped forwarding). It also keeps an
             # idle_session_timeout from ending the session.
