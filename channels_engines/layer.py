@@ -37,7 +37,7 @@ from .loops import call_before_close, cancel_before_close
 from .options import validate_options
 from .redaction import HiddenSettings, Secret
 from .sealing import MIN_KEY_LENGTH, SEAL_OVERHEAD, Sealer, Unopenable
-from .serialization import UndecodableMessage, decode, encode
+from .serialization import UndecodableMessage, decode, decode_again, encode
 from .settings import LAYER_BACKEND
 from .validation import (
     MAX_NAME_LENGTH,
@@ -126,6 +126,7 @@ class EngineChannelLayer(BaseChannelLayer):
             + (SEAL_OVERHEAD if self._sealer else 0),
             options=values,
         )
+        self._opened = _Opened()
         self._start_process_state()
         _ALL_LAYERS.add(self)
 
@@ -225,21 +226,31 @@ class EngineChannelLayer(BaseChannelLayer):
                 "can receive from it."
             )
         while True:
-            data = await engine.receive(channel)
+            stored = await engine.receive(channel)
+            opened = self._opened.get(stored)
+            if opened is not None:
+                # The same message for another member of a group, in this process:
+                # opened and checked once, decoded into a copy of its own.
+                return decode_again(opened)
+            data = stored
             if self._sealer is not None:
                 try:
-                    data = self._sealer.open(channel, data)
+                    data = self._sealer.open(channel, stored)
                 except Unopenable as exc:
                     # Sealed with a key this process lacks, forged, corrupted, or meant
                     # for another channel: never delivered, counted and logged.
                     self._drop_unopenable(channel, exc.reason)
                     continue
             try:
-                return decode(data, self.max_message_size)
+                message = decode(data, self.max_message_size)
             except UndecodableMessage as exc:
                 # Bytes no layer could have sent (another writer's bug, an attack): a
                 # consumer must not die of them, so they are dropped, counted and logged.
                 self._drop_undecodable(channel, exc.reason)
+                continue
+            if self._sealer is None or self._sealer.for_any_member(stored):
+                self._opened.add(stored, data)
+            return message
 
     async def new_channel(self, prefix: str = "specific") -> str:
         """Return a new process-specific channel name, unique to this layer and process."""
@@ -439,6 +450,40 @@ def _django_secret_keys() -> list[Secret]:
         ]
     except ImproperlyConfigured:  # Django's own refusal of an empty SECRET_KEY
         return []
+
+
+class _Opened:
+    """Messages received lately that open alike on every channel (group messages), by
+    identity, with their opened bytes. An engine hands a group message to all its members
+    in a process as one bytes object: it is opened and checked once. Bounded in entries
+    and bytes; entries hold their object, so an id is never reused while listed."""
+
+    ENTRIES = 256
+    BYTES = 4 << 20
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[int, tuple[bytes, bytes]] = {}
+        self._bytes = 0
+
+    def get(self, stored: bytes) -> bytes | None:
+        entry = self._entries.get(id(stored))
+        return entry[1] if entry is not None and entry[0] is stored else None
+
+    def add(self, stored: bytes, opened: bytes) -> None:
+        size = len(stored) + len(opened)
+        if size * 16 > self.BYTES:
+            return  # large messages would push out everything else
+        with self._lock:
+            old = self._entries.pop(id(stored), None)
+            if old is not None:
+                self._bytes -= len(old[0]) + len(old[1])
+            self._entries[id(stored)] = (stored, opened)
+            self._bytes += size
+            while len(self._entries) > self.ENTRIES or self._bytes > self.BYTES:
+                first, gone = next(iter(self._entries.items()))
+                del self._entries[first]
+                self._bytes -= len(gone[0]) + len(gone[1])
 
 
 def _find_alias(config: HiddenSettings, layer_class: type) -> str | None:

@@ -135,6 +135,12 @@ class Sealer:
         nonce = os.urandom(_NONCE_SIZE)
         return header + nonce + self._current.encrypt(nonce, data, aad)
 
+    @staticmethod
+    def for_any_member(sealed: bytes) -> bool:
+        """Whether ``sealed`` opens the same for every channel: sealed for a group (a
+        message sealed for a channel opens only there)."""
+        return len(sealed) > 1 + _KEY_ID_SIZE and sealed[1 + _KEY_ID_SIZE] == _GROUP
+
     def open(self, channel: str, sealed: bytes) -> bytes:
         """The data sealed in ``sealed`` for ``channel`` or for a group; else raise
         :class:`Unopenable`."""

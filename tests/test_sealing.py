@@ -292,6 +292,60 @@ def test_a_group_message_replayed_into_a_member_channel_opens() -> None:
     run(scenario())
 
 
+def test_a_channel_message_does_not_open_on_another_channel_even_as_the_same_object() -> None:
+    """A group message is opened once per process for all its members; a message sealed
+    for one channel is not, even when the very same bytes come back for another."""
+
+    async def scenario() -> None:
+        layer = EngineChannelLayer(ENGINE="memory", encryption_keys=[NEW])
+        sealed = layer._sealer.seal_for_channel("chat.a", encode({"type": "c"}))  # type: ignore[union-attr]
+        await layer._engine().send("chat.a", sealed)
+        assert await layer.receive("chat.a") == {"type": "c"}
+        await layer._engine().send("chat.b", sealed)
+        await layer._engine().send("chat.b", encode({"type": "unsealed"}))  # dropped too
+        await layer.send("chat.b", {"type": "after"})
+        assert await layer.receive("chat.b") == {"type": "after"}
+        assert layer.events.get("receive.unopenable") == 2
+
+    run(scenario())
+
+
+ORIGINAL = {"type": "g", "items": [1, {"a": "b"}], "text": MARKER}
+
+
+async def members_get_copies(layer: EngineChannelLayer) -> None:
+    channels = [await layer.new_channel() for _ in range(3)]
+    for channel in channels:
+        await layer.group_add("copies", channel)
+    await layer.group_send("copies", ORIGINAL)
+    first = await asyncio.wait_for(layer.receive(channels[0]), 10)
+    assert first == ORIGINAL
+    first["items"][1]["a"] = "changed by the first consumer"
+    first["items"].append(2)
+    first["type"] = "changed"
+    others = [await asyncio.wait_for(layer.receive(channel), 10) for channel in channels[1:]]
+    assert others == [ORIGINAL, ORIGINAL]
+    assert others[0] is not others[1]
+    assert others[0]["items"] is not others[1]["items"]
+    await layer.close()
+
+
+@pytest.mark.parametrize("keys", [[NEW], False], ids=["sealed", "plain"])
+def test_every_member_of_a_group_gets_a_message_of_its_own_on_memory(keys: Any) -> None:
+    """Members in one process share the opened message, never the decoded one: a
+    consumer that changes its message changes nobody else's."""
+    run(members_get_copies(EngineChannelLayer(ENGINE="memory", encryption_keys=keys)))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("keys", [None, False], ids=["sealed", "plain"])
+def test_every_member_of_a_group_gets_a_message_of_its_own_on_postgres(
+    prefix: str, keys: Any
+) -> None:
+    extra = {} if keys is None else {"encryption_keys": keys}
+    run(members_get_copies(make_layer(unique("ce_t"), prefix=prefix, **extra)))
+
+
 # Layers on PostgreSQL ----------------------------------------------------------------------
 
 
