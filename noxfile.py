@@ -89,7 +89,7 @@ def test(session: nox.Session) -> None:
     and Playwright come with the ``test`` group) are marked ``e2e``, not ``postgres``: they
     run once, against the first server.
     """
-    _install(session, "-e", ".[postgres,embedded,aws,vault]", "--group", "test")
+    _install(session, "-e", ".[postgres,embedded,aws,vault,prometheus,otel]", "--group", "test")
     failed = []
     try:
         session.run("pytest", *session.posargs)
@@ -134,7 +134,7 @@ def tests(session: nox.Session, django: str, channels: str) -> None:
     _install(
         session,
         "-e",
-        ".[postgres,embedded,aws,vault]",
+        ".[postgres,embedded,aws,vault,prometheus,otel]",
         "--group",
         "test",
         f"Django~={django}.0",

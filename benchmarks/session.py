@@ -21,7 +21,7 @@ from benchmarks.results import CellResult, aggregate
 from benchmarks.scenarios import SCENARIOS
 from benchmarks.scenarios.base import Scenario
 from benchmarks.scenarios.cell import Cell, PartialResult
-from benchmarks.subjects import OURS, OURS_PLAIN, REDIS_PREFIX, all_subjects
+from benchmarks.subjects import OURS_ALL, REDIS_PREFIX, all_subjects
 from benchmarks.targets import Rows
 
 Payload = dict[str, Any]
@@ -180,7 +180,7 @@ class Session:
                 for name, scenario_rows in rows.items()
             },
             directory,
-            ours=(OURS, OURS_PLAIN),
+            ours=OURS_ALL,
             statuses={
                 name: {s: row.statuses[0] for s, row in scenario_rows.items() if row.statuses}
                 for name, scenario_rows in rows.items()

@@ -15,6 +15,11 @@ Payload = dict[str, Any]
 OURS = "channels_engines"
 #: Ours with encryption at the layer turned off: beside OURS it gives the cost of encryption.
 OURS_PLAIN = "channels_engines_plain"
+#: Ours with the built-in hooks: beside OURS they give the cost of each hook.
+OURS_PROMETHEUS = "channels_engines_prometheus"
+OURS_OTEL = "channels_engines_otel"
+#: Every configuration of ours the run measures; OURS is the one compared with peers.
+OURS_ALL = (OURS, OURS_PLAIN, OURS_PROMETHEUS, OURS_OTEL)
 #: Every worker process of every Django subject gets this same key, so a layer that derives
 #: its encryption key from SECRET_KEY can open what another process sealed.
 SECRET_KEY = "channels-engines-benchmarks-fixed-secret-key-for-every-worker-process"
@@ -47,6 +52,30 @@ def ours_plain(servers: Servers) -> Payload:
         f"(capacity={CAPACITY})",
     )
     return {**subject, "skip_if_rejected": "encryption_keys"}
+
+
+def ours_prometheus(servers: Servers) -> Payload:
+    """Ours with the Prometheus hook (the process's default registry)."""
+    subject = _ours(
+        OURS_PROMETHEUS,
+        servers,
+        {"hooks": ["prometheus"]},
+        f"ours with the Prometheus hook: EngineChannelLayer, ENGINE=postgres, "
+        f'hooks=["prometheus"] (capacity={CAPACITY})',
+    )
+    return {**subject, "skip_if_rejected": "hooks"}
+
+
+def ours_otel(servers: Servers) -> Payload:
+    """Ours with the OpenTelemetry hook, recording spans with the SDK (no exporter)."""
+    subject = _ours(
+        OURS_OTEL,
+        servers,
+        {"hooks": ["benchmarks.hooks.SdkTracing"]},
+        "ours with the OpenTelemetry hook: EngineChannelLayer, ENGINE=postgres, the "
+        f"opentelemetry hook on an SDK TracerProvider without exporter (capacity={CAPACITY})",
+    )
+    return {**subject, "skip_if_rejected": "hooks"}
 
 
 def _ours(name: str, servers: Servers, extra: Payload, about: str) -> Payload:
@@ -147,7 +176,17 @@ def raw_redis(servers: Servers) -> Payload:
 
 def all_subjects(servers: Servers) -> list[Payload]:
     """Every subject, ours first."""
-    builders = (ours, ours_plain, channels_postgres, redis_core, redis_pubsub, raw_pg, raw_redis)
+    builders = (
+        ours,
+        ours_plain,
+        ours_prometheus,
+        ours_otel,
+        channels_postgres,
+        redis_core,
+        redis_pubsub,
+        raw_pg,
+        raw_redis,
+    )
     return [build(servers) for build in builders]
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from benchmarks.results import Summary, ratio
-from benchmarks.subjects import OURS, OURS_PLAIN
+from benchmarks.subjects import OURS, OURS_ALL
 
 Rows = dict[str, dict[str, Summary]]  # scenario -> subject -> summary
 
@@ -137,7 +137,7 @@ def _every_cell(rows: Rows, key: str) -> float | None:
     values = [
         row.values.get(key)
         for scenario_rows in rows.values()
-        for subject in (OURS, OURS_PLAIN)
+        for subject in OURS_ALL
         if (row := scenario_rows.get(subject)) is not None and row.ok_reps
     ]
     present = [value for value in values if value is not None]

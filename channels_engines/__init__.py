@@ -18,6 +18,7 @@ from .exceptions import (
     InvalidConfigError,
     InvalidEngineError,
 )
+from .hooks import Hook, register_hook
 from .layer import EngineChannelLayer
 from .mailbox import Mailbox
 from .options import Option
@@ -35,6 +36,7 @@ __all__ = [
     "EngineConfig",
     "EngineInfo",
     "EngineUnavailableError",
+    "Hook",
     "InvalidConfigError",
     "InvalidEngineError",
     "Mailbox",
@@ -45,4 +47,5 @@ __all__ = [
     "non_local_name",
     "register_credential_provider",
     "register_engine",
+    "register_hook",
 ]

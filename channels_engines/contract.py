@@ -136,8 +136,10 @@ class BaseChannelEngine:
             f"{type(self).__name__} must implement group_discard() (groups extension)"
         )
 
-    async def group_send(self, group: str, message: bytes) -> None:
-        """Send to every member; drop (never raise) for members at capacity."""
+    async def group_send(self, group: str, message: bytes) -> int | None:
+        """Send to every member; drop (never raise) for members at capacity, counting them
+        as ``group_send.dropped``. Return how many receiving queues the message was
+        written for (hooks report it as the fan-out), or None if unknown."""
         raise NotImplementedError(
             f"{type(self).__name__} must implement group_send() (groups extension)"
         )

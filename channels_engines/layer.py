@@ -25,6 +25,17 @@ from .contract import BaseChannelEngine, EngineConfig
 from .engine_registry import engines
 from .events import Events
 from .exceptions import InvalidConfigError, InvalidEngineError
+from .hooks import (
+    GroupSent,
+    HookRunner,
+    LayerInfo,
+    LoopClosed,
+    LoopOpened,
+    MessageReceived,
+    MessageSent,
+    SendFailed,
+    load_hooks,
+)
 from .layer_options import (
     LAYER_OPTIONS,
     MAX_EXPIRY,
@@ -110,11 +121,22 @@ class EngineChannelLayer(BaseChannelLayer):
         self.extensions = list(engine_class.extensions)
         self._engine_class = engine_class
         self._layer_values = {
-            key: layer_values[key] for key in LAYER_OPTIONS if key != "encryption_keys"
+            key: layer_values[key]
+            for key in LAYER_OPTIONS
+            if key not in ("encryption_keys", "hooks")
         }
         self._sealer = _make_sealer(
             layer_values.pop("encryption_keys"), engine_class, where, self.engine_name
         )
+        self._hooks = HookRunner(
+            LayerInfo(alias, self.engine_name, self._sealer is not None),
+            load_hooks(layer_values.pop("hooks"), where),
+        )
+        # Which events some hook wants, looked up once: the hot path tests a tuple.
+        self._on_sent = self._hooks.wants(MessageSent)
+        self._on_group_sent = self._hooks.wants(GroupSent)
+        self._on_received = self._hooks.wants(MessageReceived)
+        self._on_failed = self._hooks.wants(SendFailed)
         self._config = EngineConfig(
             alias=alias,
             engine=self.engine_name,
@@ -190,7 +212,7 @@ class EngineChannelLayer(BaseChannelLayer):
         self._shared = self._engine_class.create_shared(self._config)
         self.client_id = secrets.token_hex(8)
         #: What this layer refused, dropped or repaired in this process, by event name.
-        self.events = Events()
+        self.events = Events(self._hooks)
         self._next_undecodable_warning = 0.0
         self._next_unopenable_warning = 0.0
 
@@ -209,10 +231,25 @@ class EngineChannelLayer(BaseChannelLayer):
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         """Send ``message`` to ``channel``; raises ChannelFull or MessageTooLarge."""
         require_channel_name(channel)
+        if self._hooks.outgoing:
+            message = self._hooks.wrap_outgoing("send", channel, message)
         data = self._encode(message, f"channel {channel!r}")
+        size = len(data)
+        start = time.perf_counter() if self._on_sent else 0.0
         if self._sealer is not None:
             data = self._sealer.seal_for_channel(channel, data)
-        await self._engine().send(channel, data)
+        try:
+            await self._engine().send(channel, data)
+        except Exception as exc:
+            if isinstance(exc, ChannelFull):
+                self.events.count("send.channel_full")
+            if self._on_failed:
+                self._hooks.emit(SendFailed, target=channel, kind="send", error=type(exc).__name__)
+            raise
+        if self._on_sent:
+            self._hooks.emit(
+                MessageSent, channel=channel, size=size, seconds=time.perf_counter() - start
+            )
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """Wait for the next message on ``channel``, skipping any that cannot be opened
@@ -225,13 +262,14 @@ class EngineChannelLayer(BaseChannelLayer):
                 "or channel layer instance; only the layer that made it with new_channel() "
                 "can receive from it."
             )
+        start = time.perf_counter() if self._on_received else 0.0
         while True:
             stored = await engine.receive(channel)
             opened = self._opened.get(stored)
             if opened is not None:
                 # The same message for another member of a group, in this process:
                 # opened and checked once, decoded into a copy of its own.
-                return decode_again(opened)
+                return self._received(channel, decode_again(opened), len(opened), start)
             data = stored
             if self._sealer is not None:
                 try:
@@ -250,7 +288,18 @@ class EngineChannelLayer(BaseChannelLayer):
                 continue
             if self._sealer is None or self._sealer.for_any_member(stored):
                 self._opened.add(stored, data)
-            return message
+            return self._received(channel, message, len(data), start)
+
+    def _received(
+        self, channel: str, message: dict[str, Any], size: int, start: float
+    ) -> dict[str, Any]:
+        if self._on_received:
+            self._hooks.emit(
+                MessageReceived, channel=channel, size=size, waited=time.perf_counter() - start
+            )
+        if self._hooks.incoming:
+            message = self._hooks.wrap_incoming(channel, message)
+        return message
 
     async def new_channel(self, prefix: str = "specific") -> str:
         """Return a new process-specific channel name, unique to this layer and process."""
@@ -282,10 +331,29 @@ class EngineChannelLayer(BaseChannelLayer):
         """Send ``message`` to every member of ``group``; members at capacity miss it."""
         self._require("groups", "group_send")
         require_group_name(group)
+        if self._hooks.outgoing:
+            message = self._hooks.wrap_outgoing("group_send", group, message)
         data = self._encode(message, f"group {group!r}")
+        size = len(data)
+        start = time.perf_counter() if self._on_group_sent else 0.0
         if self._sealer is not None:
             data = self._sealer.seal_for_group(group, data)
-        await self._engine().group_send(group, data)
+        try:
+            receivers = await self._engine().group_send(group, data)
+        except Exception as exc:
+            if self._on_failed:
+                self._hooks.emit(
+                    SendFailed, target=group, kind="group_send", error=type(exc).__name__
+                )
+            raise
+        if self._on_group_sent:
+            self._hooks.emit(
+                GroupSent,
+                group=group,
+                size=size,
+                seconds=time.perf_counter() - start,
+                receivers=receivers,
+            )
 
     async def flush(self) -> None:
         """Remove every message and group membership of this layer."""
@@ -310,6 +378,7 @@ class EngineChannelLayer(BaseChannelLayer):
             return engine
         with self._lock:
             engine = self._engines.get(loop)
+            made = engine is None
             if engine is None:
                 engine = self._engine_class(self._config, self._shared, client_id=self.client_id)
                 engine.events = self.events
@@ -318,6 +387,8 @@ class EngineChannelLayer(BaseChannelLayer):
                 )
                 self._engines[loop] = engine
                 call_before_close(loop, self, lambda: self._release(loop))
+        if made:
+            self.events.emit(LoopOpened)
         return engine
 
     async def _release(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -325,6 +396,7 @@ class EngineChannelLayer(BaseChannelLayer):
             engine = self._engines.pop(loop, None)
         if engine is not None:
             await engine.close()
+            self.events.emit(LoopClosed)
 
     def _require(self, extension: str, method: str) -> None:
         if extension not in self.extensions:

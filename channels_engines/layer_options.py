@@ -22,12 +22,14 @@ if TYPE_CHECKING:
 __all__ = [
     "CAPACITY_PATTERNS",
     "ENCRYPTION_KEYS",
+    "HOOKS",
     "LAYER_OPTIONS",
     "MAX_EXPIRY",
     "MAX_GROUP_EXPIRY",
     "MAX_MESSAGE_SIZE",
     "check_capacity_patterns",
     "check_encryption_keys",
+    "check_hooks",
     "compile_capacities",
     "require_available",
 ]
@@ -70,6 +72,26 @@ _KEYS_ALLOWED = (
 )
 #: What ``encryption_keys`` may be, in words.
 ENCRYPTION_KEYS = f"{_KEYS_ALLOWED} or None"
+
+
+#: What ``hooks`` may be, in words.
+HOOKS = (
+    "a list of hooks: registered names, dotted paths, Hook subclasses or Hook instances "
+    "(channels_engines.hooks.Hook)"
+)
+
+
+def check_hooks(value: Any) -> str | None:
+    """Each item names a hook or is one; what it names is resolved by the layer."""
+    from .hooks import Hook
+
+    for item in value:
+        if isinstance(item, str) and item:
+            continue
+        if isinstance(item, Hook) or (isinstance(item, type) and issubclass(item, Hook)):
+            continue
+        return HOOKS
+    return None
 
 
 def check_encryption_keys(value: Any) -> str | None:
@@ -139,6 +161,14 @@ LAYER_OPTIONS: Mapping[str, Option] = {
         secret=True,
         check=check_encryption_keys,
         describe_as=_KEYS_ALLOWED,
+    ),
+    "hooks": Option(
+        (list, tuple),
+        [],
+        "Hooks that see the layer's events and may wrap its messages, in order: "
+        "registered names, dotted paths, Hook subclasses or instances.",
+        check=check_hooks,
+        describe_as=HOOKS,
     ),
 }
 

@@ -79,7 +79,7 @@ class MemoryEngine(BaseChannelEngine):
                 if not members:
                     del self.shared.groups[group]
 
-    async def group_send(self, group: str, message: bytes) -> None:
+    async def group_send(self, group: str, message: bytes) -> int:
         store = self.shared
         now = self._maintain()
         expires_at = now + self.config.expiry
@@ -88,9 +88,13 @@ class MemoryEngine(BaseChannelEngine):
             for channel, deadline in store.groups.get(group, {}).items():
                 if deadline is None or deadline > now:
                     by_queue.setdefault(non_local_name(channel), []).append(channel)
+            written = 0
             for queue, channels in by_queue.items():
                 if store.mailbox.count(queue) < self.config.capacity_for(queue):
                     store.mailbox.put(channels, message, expires_at)
+                    written += 1
+        self.events.count("group_send.dropped", len(by_queue) - written)
+        return written
 
     async def flush(self) -> None:
         with self.shared.lock:

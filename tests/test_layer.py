@@ -33,7 +33,9 @@ from channels_engines.validation import non_local_name
 
 BACKEND = "channels_engines.EngineChannelLayer"
 WHERE = "CHANNEL_LAYERS['default']"
-LAYER_KEYS = "capacity, channel_capacity, encryption_keys, expiry, group_expiry, max_message_size"
+LAYER_KEYS = (
+    "capacity, channel_capacity, encryption_keys, expiry, group_expiry, hooks, max_message_size"
+)
 
 
 class SendOnlyEngine(BaseChannelEngine):
@@ -222,9 +224,9 @@ def test_unknown_config_key_lists_the_engines_own_keys_too() -> None:
     with pytest.raises(InvalidConfigError) as caught:
         EngineChannelLayer(ENGINE=SecretEngine, host="db")
     assert str(caught.value) == (
-        "EngineChannelLayer: unknown CONFIG key 'host' for ENGINE 'SecretEngine'. Allowed "
-        "keys: capacity, channel_capacity, encryption_keys, expiry, group_expiry, "
-        "max_message_size, password, region."
+        "EngineChannelLayer: unknown CONFIG key 'host' for ENGINE 'SecretEngine'. Did you "
+        "mean 'hooks'? Allowed keys: capacity, channel_capacity, encryption_keys, expiry, "
+        "group_expiry, hooks, max_message_size, password, region."
     )
 
 

@@ -40,8 +40,10 @@ import psutil
 import pytest
 
 from channels_engines import EngineChannelLayer
+from channels_engines.hooks import ListenerLost, ListenerRecovered
 from channels_engines.postgres.embedded import EmbeddedPostgres
 from tests.support.faultproxy import FaultProxy, Trigger
+from tests.support.hooks import Recorder
 from tests.support.pgtools import Admin, Child, config, dropped_afterwards, engine_of, run
 from tests.support.pgtools import unique as unique_name
 from tests.support.polling import await_for
@@ -610,8 +612,10 @@ def test_a_server_crash_loses_exactly_what_the_guarantees_say_and_every_layer_re
     layers work afterwards."""
     kept = [f"crash.kept-{index}" for index in range(5)]
 
+    recorder = Recorder()
+
     async def scenario(history: History) -> None:
-        receiver = net.layer(unlogged=unlogged)
+        receiver = net.layer(unlogged=unlogged, hooks=[recorder])
         sender = net.layer(unlogged=unlogged)
         channel = await receiver.new_channel()
         listener = await listening(receiver, channel, history)
@@ -640,6 +644,10 @@ def test_a_server_crash_loses_exactly_what_the_guarantees_say_and_every_layer_re
             ]
             history.unsure[channel] |= outage_sends
         await within(lambda: listener.reconnects == 1, RECOVER, "the listener back")
+        # Hooks hear that messages may have been lost exactly when they may have been.
+        await within(lambda: recorder.of(ListenerRecovered), RECOVER, "the hooks told")
+        assert [event.may_have_missed for event in recorder.of(ListenerRecovered)] == [unlogged]
+        assert len(recorder.of(ListenerLost)) == 1
         await history.send_all(sender, [channel, *kept], range(after, after + 10))
         await sender.group_send("crash-group", {"n": after + 10, "mark": ""})
         history.acknowledged[channel].append(after + 10)

@@ -120,7 +120,7 @@ def test_misspelled_key_lists_the_engines_keys() -> None:
         "EngineChannelLayer: unknown CONFIG key 'droprate' for ENGINE 'lossy'. Did you mean "
         "'drop_rate'? Allowed keys: capacity, channel_capacity, drop_rate, encryption_keys, "
         "expiry, "
-        "group_expiry, max_message_size, seed."
+        "group_expiry, hooks, max_message_size, seed."
     )
 
 

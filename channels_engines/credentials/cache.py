@@ -59,6 +59,15 @@ class CredentialCache:
         #: Times the provider was asked, and times the credentials changed.
         self.fetches = 0
         self.rotations = 0
+        #: Told (in the refreshing thread) when the credentials changed, and when asking
+        #: the provider failed, with the reason; they never see credentials.
+        self.on_changed: Callable[[], None] | None = None
+        self.on_failed: Callable[[str], None] | None = None
+
+    @property
+    def describe(self) -> str:
+        """How logs name the provider."""
+        return self._describe
 
     def set_verifier(self, verify: Verify) -> None:
         """How to prove new credentials work before switching to them."""
@@ -148,6 +157,15 @@ class CredentialCache:
             return lock
 
     async def _refresh(self) -> Credentials:
+        try:
+            return await self._fetch()
+        except Exception as exc:
+            if self.on_failed is not None:
+                with contextlib.suppress(Exception):
+                    self.on_failed(str(exc))
+            raise
+
+    async def _fetch(self) -> Credentials:
         self.fetches += 1
         try:
             fresh = await self.provider.aget_credentials()
@@ -177,6 +195,9 @@ class CredentialCache:
             listeners = list(self._listeners.values()) if changed else []
         if changed:
             self.rotations += 1
+            if self.on_changed is not None:
+                with contextlib.suppress(Exception):
+                    self.on_changed()
             logger.info(
                 "Credentials from %s changed (user %r); new connections use them.",
                 self._describe,

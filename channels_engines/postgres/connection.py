@@ -27,7 +27,9 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ..credentials import CredentialCache, Credentials, CredentialsError, resolve_provider
 from ..credentials.builtin import DjangoProvider
+from ..events import Events
 from ..exceptions import InvalidConfigError
+from ..hooks import CredentialsChanged, CredentialsRefreshFailed
 from ..redaction import HiddenSettings, Secret, plain
 
 __all__ = ["Failure", "Login", "NotPostgreSQL", "classify"]
@@ -251,6 +253,17 @@ class Login:
     def tag(self) -> object:
         """What pooled connections log in with now (None: fixed settings or an alias)."""
         return None if self.credentials is None else self.credentials.current
+
+    def report_to(self, events: Events) -> None:
+        """Tell the layer's hooks when the credentials change or cannot be refreshed."""
+        cache = self.credentials
+        if cache is None:
+            return
+        provider = cache.describe
+        cache.on_changed = lambda: events.emit(CredentialsChanged, provider=provider)
+        cache.on_failed = lambda reason: events.emit(
+            CredentialsRefreshFailed, provider=provider, reason=reason
+        )
 
     def subscribe(self, key: object, changed: Callable[[], None]) -> None:
         """Call ``changed`` on the caller's loop when the credentials change."""

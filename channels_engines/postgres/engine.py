@@ -25,6 +25,7 @@ from channels.exceptions import ChannelFull
 from .._version import __version__
 from ..contract import BaseChannelEngine, EngineConfig
 from ..exceptions import ChannelLayerClosed
+from ..hooks import ListenerLost, ListenerRecovered
 from ..loops import closing
 from ..mailbox import Mailbox
 from ..requirements import Requirement
@@ -131,6 +132,9 @@ class PostgresEngine(BaseChannelEngine):
             pool_timeout=options["pool_timeout"],
         )
         self._message_keys: tuple[bytes, ...] = ()
+        # The server's start time as the listener last saw it, and whether it changed.
+        self._server_started: Any = None
+        self._server_restarted = False
 
     @property
     def message_keys(self) -> tuple[bytes, ...]:
@@ -194,7 +198,7 @@ class PostgresEngine(BaseChannelEngine):
         if self.owns(channel):
             self.shared.inbox.leave(group, [channel])
 
-    async def group_send(self, group: str, message: bytes) -> None:
+    async def group_send(self, group: str, message: bytes) -> int:
         stream = self._stream_identifier(group)
         queues, accepted = await self._writer.group_send(group, stream, message)
         if accepted < queues:
@@ -206,6 +210,7 @@ class PostgresEngine(BaseChannelEngine):
                 queues - accepted,
                 queues,
             )
+        return queues
 
     async def flush(self) -> None:
         from .deadlines import fetch, transaction
@@ -322,6 +327,8 @@ class PostgresEngine(BaseChannelEngine):
             on_connect=self._listener_connected,
             chores_in=self._delivery.reap_in,
             chores=self._delivery.reap,
+            on_lost=lambda reason: self.events.emit(ListenerLost, reason=reason),
+            on_back=self._listener_back,
             heartbeat=options["heartbeat_interval"],
             heartbeat_timeout=options["heartbeat_timeout"],
             query_timeout=options["query_timeout"],
@@ -358,9 +365,32 @@ class PostgresEngine(BaseChannelEngine):
 
     async def _listener_connected(self, conn: AsyncConnection[tuple[Any, ...]]) -> None:
         """Whatever changed while no notification could reach this connection: the flush
-        epoch, this process's memberships, and its groups' streams."""
+        epoch, this process's memberships, and its groups' streams; and whether the
+        server restarted."""
+        from .deadlines import fetch
+
+        rows = await fetch(
+            conn,
+            "SELECT pg_postmaster_start_time()",
+            None,
+            timeout=self._options["query_timeout"],
+            what="reading the server's start time",
+        )
+        started = rows[0][0]
+        self._server_restarted = self._server_started not in (None, started)
+        self._server_started = started
         await self._delivery.read_epoch(conn)
         await self._sync_members(conn)
+
+    async def _listener_back(self, conn: AsyncConnection[tuple[Any, ...]], away: float) -> None:
+        """The listener reconnected after ``away`` seconds. Rows are the source of truth:
+        nothing sent meanwhile is missed, unless the server restarted and the tables are
+        unlogged (a crash empties them)."""
+        self.events.emit(
+            ListenerRecovered,
+            away=away,
+            may_have_missed=self._server_restarted and self._options["unlogged"],
+        )
 
     async def _sync_members(self, conn: AsyncConnection[tuple[Any, ...]]) -> None:
         read = await self._delivery.sync_members(conn, f".{self.client_id}!", self._identifier)
@@ -606,6 +636,7 @@ class PostgresEngine(BaseChannelEngine):
                     raise
                 self._pool = pool
                 self.shared.login.subscribe(self, self._credentials_changed)
+                self.shared.login.report_to(self.events)
                 self._maintenance = Maintenance(
                     interval=options["sweep_interval"],
                     cleanup_interval=options["cleanup_interval"],

@@ -58,6 +58,8 @@ class Listener:
         on_connect: Callable[[Connection], Awaitable[None]],
         chores_in: Callable[[], float | None],
         chores: Callable[[Connection], Awaitable[None]],
+        on_lost: Callable[[str], None],
+        on_back: Callable[[Connection, float], Awaitable[None]],
         heartbeat: float,
         heartbeat_timeout: float,
         query_timeout: float,
@@ -72,6 +74,8 @@ class Listener:
         self._on_connect = on_connect
         self._chores_in = chores_in
         self._chores = chores
+        self._on_lost = on_lost
+        self._on_back = on_back
         self._heartbeat = heartbeat
         self._heartbeat_timeout = heartbeat_timeout
         self._query_timeout = query_timeout
@@ -176,17 +180,21 @@ class Listener:
                 if not self._ready.done():
                     await self._check_delivery()
                     self._ready.set_result(None)
-                elif failing_since is not None:
+                away = None
+                if failing_since is not None:
                     self.reconnects += 1
+                    away = time.monotonic() - failing_since
                     logger.info(
                         "Listener connection to %s re-established after %.1f s (%d attempts).",
                         self._describe,
-                        time.monotonic() - failing_since,
+                        away,
                         attempt,
                     )
                 failing_since, attempt = None, 0
                 # What changed while no notification could reach this connection.
                 await self._on_connect(self._conn)
+                if away is not None:
+                    await self._on_back(self._conn, away)
                 await self._serve()
             except asyncio.CancelledError:
                 raise
@@ -207,6 +215,7 @@ class Listener:
                         self._describe,
                         _reason(exc),
                     )
+                    self._on_lost(_reason(exc))
                 elif now - last_warning >= _STILL_FAILING_EVERY:
                     last_warning = now
                     logger.warning(

@@ -1,0 +1,1 @@
+"""Hooks that ship with channels_engines, each behind an optional extra."""
