@@ -156,7 +156,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """Check types with mypy (strict; configured in pyproject.toml)."""
-    _install(session, "-e", ".[postgres]", "--group", "typecheck")
+    _install(session, "-e", ".[postgres,prometheus,otel]", "--group", "typecheck")
     session.run("mypy", *session.posargs)
 
 

@@ -116,7 +116,7 @@ def hooks_table(rows: Rows) -> list[str]:
     return _cost_table(
         rows,
         "Cost of hooks",
-        f"`{OURS_PROMETHEUS}` (`hooks: [\"prometheus\"]`) and `{OURS_OTEL}` (the "
+        f'`{OURS_PROMETHEUS}` (`hooks: ["prometheus"]`) and `{OURS_OTEL}` (the '
         f"opentelemetry hook, spans recorded by the SDK) ÷ `{OURS}` (no hooks), from this "
         "run.",
         [

@@ -100,6 +100,15 @@ TARGETS: tuple[Target, ...] = (
     _published(
         "sync_group_send calls/s ÷ redis_core", "sync_group_send", "rate", ">=", "redis_core"
     ),
+    Target(
+        "sync_group_send calls/s ≥ 4x channels_postgres",
+        "sync_group_send",
+        "rate",
+        ">=",
+        4,
+        "channels_postgres",
+    ),
+    Target("sync_group_send peak conns ≤ 2", "sync_group_send", "peak_conns", "<=", 2),
     Target("lost 0 in every cell (ours)", EVERY_CELL, "lost", "==", 0),
     Target("dup 0 in every cell (ours)", EVERY_CELL, "dup", "==", 0),
 )

@@ -1,5 +1,6 @@
 """Django app: makes the ``{"ENGINE": ..., "CONFIG": ...}`` form of CHANNEL_LAYERS work,
-and keeps the CONFIG of this package's layers hidden (see :mod:`channels_engines.settings`)."""
+keeps the CONFIG of this package's layers hidden (see :mod:`channels_engines.settings`),
+and checks every layer's settings with ``manage.py check`` (:mod:`channels_engines.checks`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from typing import Any
 
 from django.apps import AppConfig
 from django.conf import settings
+from django.core import checks
 from django.core.signals import setting_changed
 
+from .checks import check_channel_layers
 from .settings import normalize_channel_layers
 
 
@@ -22,6 +25,7 @@ class ChannelsEnginesConfig(AppConfig):
         # servers (gunicorn --preload) stay safe.
         _apply(getattr(settings, "CHANNEL_LAYERS", None))
         setting_changed.connect(_on_setting_changed, dispatch_uid="channels_engines.layers")
+        checks.register(check_channel_layers, "channels_engines")
 
 
 def _apply(layers: Any) -> None:

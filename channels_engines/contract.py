@@ -21,7 +21,7 @@ from .options import Option
 from .requirements import Requirement
 from .validation import non_local_name
 
-__all__ = ["BaseChannelEngine", "EngineConfig", "Requirement"]
+__all__ = ["BaseChannelEngine", "EngineConfig", "Requirement", "SettingWarning"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,16 @@ class EngineConfig:
     def where(self) -> str:
         """The setting this layer came from, for messages."""
         return f"CHANNEL_LAYERS[{self.alias!r}]" if self.alias else "EngineChannelLayer"
+
+
+@dataclass(frozen=True)
+class SettingWarning:
+    """A setting that works but probably not as meant: ``code`` is the number of the
+    system check (``"001"`` is reported as ``channels_engines.W001``)."""
+
+    code: str
+    message: str
+    hint: str
 
 
 class BaseChannelEngine:
@@ -104,6 +114,13 @@ class BaseChannelEngine:
     def create_shared(cls, config: EngineConfig) -> Any:
         """Create state shared by this layer's engine instances across event loops."""
         return None
+
+    @classmethod
+    def setting_warnings(cls, config: EngineConfig, shared: Any) -> list[SettingWarning]:
+        """What looks wrong in the settings, found without connecting (Django's system
+        checks report each as ``channels_engines.W<code>``). ``shared`` is what
+        :meth:`create_shared` made from ``config``."""
+        return []
 
     @classmethod
     def missing_requirements(cls) -> list[Requirement]:

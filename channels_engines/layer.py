@@ -21,7 +21,7 @@ from typing import Any
 from channels.exceptions import ChannelFull, MessageTooLarge
 from channels.layers import BaseChannelLayer
 
-from .contract import BaseChannelEngine, EngineConfig
+from .contract import BaseChannelEngine, EngineConfig, SettingWarning
 from .engine_registry import engines
 from .events import Events
 from .exceptions import InvalidConfigError, InvalidEngineError
@@ -50,6 +50,7 @@ from .redaction import HiddenSettings, Secret
 from .sealing import MIN_KEY_LENGTH, SEAL_OVERHEAD, Sealer, Unopenable
 from .serialization import UndecodableMessage, decode, decode_again, encode
 from .settings import LAYER_BACKEND
+from .sync import SyncCalls
 from .validation import (
     MAX_NAME_LENGTH,
     require_channel_name,
@@ -366,6 +367,17 @@ class EngineChannelLayer(BaseChannelLayer):
         cancel_before_close(loop, self)
         await self._release(loop)
 
+    @property
+    def sync(self) -> SyncCalls:
+        """The layer's methods for synchronous code, run on one background event loop
+        per process (see :mod:`channels_engines.sync`): ``layer.sync.group_send(...)``."""
+        return SyncCalls(self)
+
+    def setting_warnings(self) -> list[SettingWarning]:
+        """What the engine finds doubtful in these settings, without connecting (the
+        system checks report them)."""
+        return self._engine_class.setting_warnings(self._config, self._shared)
+
     def get_capacity(self, channel: str) -> int:
         return self._config.capacity_for(channel)
 
@@ -410,6 +422,11 @@ class EngineChannelLayer(BaseChannelLayer):
     def max_message_size(self) -> int:
         """Largest encoded message in bytes, before sealing."""
         return self._layer_values["max_message_size"]  # type: ignore[no-any-return]
+
+    @property
+    def messages_leave_process(self) -> bool:
+        """Whether the engine carries messages between processes (memory: no)."""
+        return self._engine_class.messages_leave_process
 
     @property
     def encrypted(self) -> bool:
@@ -461,6 +478,11 @@ class EngineChannelLayer(BaseChannelLayer):
 
 
 _FORKED_AWAY: list[object] = []
+
+
+def every_layer() -> list[EngineChannelLayer]:
+    """Every layer of this package alive in this process."""
+    return list(_ALL_LAYERS)
 
 
 def _after_fork_in_child() -> None:

@@ -60,6 +60,7 @@ def test_the_classes_with_a_repr_are_found() -> None:
         "Notary",
         "Sealer",
         "Secret",
+        "SyncCalls",
         "VaultProvider",
     }
 

@@ -274,6 +274,32 @@ class Login:
         if self.credentials is not None:
             self.credentials.unsubscribe(key)
 
+    def where_to(self, purpose: str = "pool") -> tuple[str, int, str | None]:
+        """Host (a socket directory, or ``""`` for libpq's default), port and sslmode of
+        ``purpose``'s connections, from the settings alone (a ``database`` alias is read
+        from ``settings.DATABASES``, not from its backend)."""
+        if purpose == "listen" and self._listen is not None:
+            params: Mapping[str, Any] = self._listen
+        elif self._static is not None:
+            params = self._static
+        else:
+            from django.conf import settings
+
+            entry: Mapping[str, Any] = settings.DATABASES.get(self.database or "default", {})
+            options: Mapping[str, Any] = entry.get("OPTIONS") or {}
+            params = {
+                "host": entry.get("HOST") or options.get("host") or "",
+                "port": entry.get("PORT") or options.get("port") or "",
+                "sslmode": options.get("sslmode"),
+            }
+        host = str(plain(params.get("host")) or plain(params.get("hostaddr")) or "")
+        try:
+            port = int(str(plain(params.get("port")) or 5432).split(",")[0])
+        except ValueError:
+            port = 5432
+        sslmode = plain(params.get("sslmode"))
+        return host, port, None if sslmode is None else str(sslmode)
+
     def describe(self, purpose: str = "pool") -> str:
         """Where connections go, for log messages: never includes a password."""
         if purpose == "listen" and self._listen is not None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from channels.exceptions import ChannelFull
 
 from .._version import __version__
-from ..contract import BaseChannelEngine, EngineConfig
+from ..contract import BaseChannelEngine, EngineConfig, SettingWarning
 from ..exceptions import ChannelLayerClosed
 from ..hooks import ListenerLost, ListenerRecovered
 from ..loops import closing
@@ -65,6 +65,12 @@ class PostgresEngine(BaseChannelEngine):
     options = OPTIONS
 
     shared: _Shared
+
+    @classmethod
+    def setting_warnings(cls, config: EngineConfig, shared: Any) -> list[SettingWarning]:
+        from .setting_checks import setting_warnings
+
+        return setting_warnings(config, shared.login)
 
     @classmethod
     def create_shared(cls, config: EngineConfig) -> _Shared:
