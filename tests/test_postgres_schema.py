@@ -512,3 +512,25 @@ def test_queries_of_the_listener_session_are_not_jit_compiled(app: str, prefix: 
                 # Before PostgreSQL 18, a disabled plan type adds 1e10 to the cost.
                 assert plan["Plan"]["Total Cost"] >= 1e10
             assert "JIT" not in plan, plan["JIT"]
+
+
+def test_deleting_delivered_rows_reads_only_the_own_queues(app: str, prefix: str) -> None:
+    """With the plan a prepared statement ends up with (generic), the deletion of
+    delivered notes' rows looks up the process's own queues in the (queue, id) index,
+    never the whole table (whose other rows may be many)."""
+
+    async def create() -> None:
+        layer = make_layer(app, prefix=prefix)
+        await layer.flush()  # creates the tables
+        await layer.close()
+
+    run(create())
+    statements = Statements(Tables(None, prefix, True))
+    with psycopg.connect(server_dsn(), autocommit=True) as conn:
+        conn.execute(statements.listener_session)
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        parameters = {"queues": ["q.1!"], "senders": [7, 7], "seqs": [1, 2]}
+        with conn.transaction(force_rollback=True):
+            rows = conn.execute(f"EXPLAIN {statements.reap}", parameters).fetchall()
+    plan = "\n".join(row[0] for row in rows)
+    assert "Index Cond: (queue = ANY (" in plan, plan

@@ -675,7 +675,7 @@ class Delivery:
                 conn,
                 self._statements.reap,
                 {
-                    "queues": [queue for queue, _, _ in batch],
+                    "queues": sorted({queue for queue, _, _ in batch}),
                     "senders": [sender for _, sender, _ in batch],
                     "seqs": [seq for _, _, seq in batch],
                 },

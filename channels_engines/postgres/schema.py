@@ -462,13 +462,16 @@ class Statements:
             usage=sql.SQL(usage),
             notes_until=sql.SQL(str(NOTES_UNTIL)),
         )
-        # Rows whose messages their process took from the notification.
+        # Rows whose messages their process took from the notification: found through
+        # the (queue, id) index of the process's own queues only (a sender's sequence
+        # number identifies its message there), whatever else the table holds. Matching
+        # each (queue, sender, seq) instead made the prepared plan hash the whole table.
         self.reap = render(
             "WITH gone AS ("
             "  DELETE FROM {message} m"
-            "  USING unnest(%(queues)s::text[], %(senders)s::bigint[], %(seqs)s::bigint[])"
-            "   AS d(queue, sender, seq)"
-            "  WHERE m.queue = d.queue AND m.sender = d.sender AND m.seq = d.seq"
+            "  WHERE m.queue = ANY(%(queues)s::text[])"
+            "   AND (m.sender, m.seq) IN (SELECT d.sender, d.seq"
+            "    FROM unnest(%(senders)s::bigint[], %(seqs)s::bigint[]) AS d(sender, seq))"
             "  RETURNING 1)"
             " SELECT count(*) FROM gone"
         )
