@@ -22,13 +22,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from .exceptions import InvalidConfigError
 from .plugins import Registry
-from .requirements import Requirement
+from .requirements import Requirement, not_installed
 
 __all__ = [
     "Counted",
@@ -250,11 +250,8 @@ def load_hooks(values: Sequence[Any], where: str) -> list[Hook]:
 def _require_installed(cls: type[Hook], place: str) -> None:
     missing = cls.missing_requirements()
     if missing:
-        packages = ", ".join(requirement.package for requirement in missing)
-        hints = " and ".join(dict.fromkeys(requirement.install_hint() for requirement in missing))
         raise InvalidConfigError(
-            f"{place}: hook {cls.__module__}.{cls.__qualname__} needs {packages}, which is "
-            f"not installed. Install it with: {hints}"
+            f"{place}: hook {cls.__module__}.{cls.__qualname__} {not_installed(missing)}"
         )
 
 
@@ -294,29 +291,34 @@ class HookRunner:
                 self._failed(hook, f"handling {event_class.__name__}", exc)
 
     def wrap_outgoing(self, kind: str, target: str, message: Message) -> Message:
-        for hook in self.outgoing:
-            try:
-                changed = hook.outgoing(kind, target, message)
-            except Exception as exc:
-                self._failed(hook, "outgoing()", exc)
-                continue
-            if isinstance(changed, dict):
-                message = changed
-            else:
-                self._failed(hook, "outgoing()", TypeError(_not_a_dict(changed)))
-        return message
+        """``message`` as the hooks' ``outgoing()`` leave it, in order."""
+        return self._wrap(
+            self.outgoing, "outgoing()", lambda hook, m: hook.outgoing(kind, target, m), message
+        )
 
     def wrap_incoming(self, channel: str, message: Message) -> Message:
-        for hook in self.incoming:
+        """``message`` as the hooks' ``incoming()`` leave it, in order."""
+        return self._wrap(
+            self.incoming, "incoming()", lambda hook, m: hook.incoming(channel, m), message
+        )
+
+    def _wrap(
+        self,
+        chain: tuple[Hook, ...],
+        what: str,
+        call: Callable[[Hook, Message], Any],
+        message: Message,
+    ) -> Message:
+        for hook in chain:
             try:
-                changed = hook.incoming(channel, message)
+                changed = call(hook, message)
             except Exception as exc:
-                self._failed(hook, "incoming()", exc)
+                self._failed(hook, what, exc)
                 continue
             if isinstance(changed, dict):
                 message = changed
             else:
-                self._failed(hook, "incoming()", TypeError(_not_a_dict(changed)))
+                self._failed(hook, what, TypeError(_not_a_dict(changed)))
         return message
 
     def _failed(self, hook: Hook, what: str, exc: BaseException) -> None:

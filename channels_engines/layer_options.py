@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .exceptions import EngineUnavailableError
 from .options import MAX_CAPACITY, Option
+from .requirements import not_installed
 from .sealing import MIN_KEY_LENGTH, SEAL_OVERHEAD
 
 if TYPE_CHECKING:
@@ -177,12 +178,7 @@ def require_available(engine_class: type[BaseChannelEngine], name: str, where: s
     """Refuse an engine whose optional packages are not installed, saying how to get them."""
     missing = engine_class.missing_requirements()
     if missing:
-        packages = ", ".join(requirement.package for requirement in missing)
-        hints = " and ".join(dict.fromkeys(requirement.install_hint() for requirement in missing))
-        raise EngineUnavailableError(
-            f"{where}: ENGINE {name!r} needs {packages}, which is not installed. "
-            f"Install it with: {hints}"
-        )
+        raise EngineUnavailableError(f"{where}: ENGINE {name!r} {not_installed(missing)}")
 
 
 def compile_capacities(patterns: Mapping[Any, int]) -> list[tuple[re.Pattern[str], int]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-__all__ = ["Requirement", "installed"]
+__all__ = ["Requirement", "installed", "not_installed"]
 
 
 def installed(module: str) -> bool:
@@ -35,3 +35,11 @@ class Requirement:
         if self.extra:
             return f"pip install 'channels-engines[{self.extra}]'"
         return f"pip install '{self.package}'"
+
+
+def not_installed(missing: list[Requirement]) -> str:
+    """What to tell about ``missing`` requirements: "needs X, which is not installed.
+    Install it with: pip install ..."."""
+    packages = ", ".join(requirement.package for requirement in missing)
+    hints = " and ".join(dict.fromkeys(requirement.install_hint() for requirement in missing))
+    return f"needs {packages}, which is not installed. Install it with: {hints}"

@@ -478,12 +478,7 @@ def test_queries_of_the_listener_session_are_not_jit_compiled(app: str, prefix: 
     planner: far above jit_above_cost, so every claim would be compiled (a tenth of a
     second or more, during which its queue's senders fill it up)."""
 
-    async def create() -> None:
-        layer = make_layer(app, prefix=prefix)
-        await layer.flush()  # creates the tables
-        await layer.close()
-
-    run(create())
+    create_tables(app, prefix)
     statements = Statements(Tables(None, prefix, True))
     with psycopg.connect(server_dsn(), autocommit=True) as conn:
         conn.execute(statements.listener_session)
@@ -519,12 +514,7 @@ def test_deleting_delivered_rows_reads_only_the_own_queues(app: str, prefix: str
     delivered notes' rows looks up the process's own queues in the (queue, id) index,
     never the whole table (whose other rows may be many)."""
 
-    async def create() -> None:
-        layer = make_layer(app, prefix=prefix)
-        await layer.flush()  # creates the tables
-        await layer.close()
-
-    run(create())
+    create_tables(app, prefix)
     statements = Statements(Tables(None, prefix, True))
     with psycopg.connect(server_dsn(), autocommit=True) as conn:
         conn.execute(statements.listener_session)
@@ -534,3 +524,14 @@ def test_deleting_delivered_rows_reads_only_the_own_queues(app: str, prefix: str
             rows = conn.execute(f"EXPLAIN {statements.reap}", parameters).fetchall()
     plan = "\n".join(row[0] for row in rows)
     assert "Index Cond: (queue = ANY (" in plan, plan
+
+
+def create_tables(app: str, prefix: str) -> None:
+    """The layer's tables, made the way the layer makes them."""
+
+    async def create() -> None:
+        layer = make_layer(app, prefix=prefix)
+        await layer.flush()
+        await layer.close()
+
+    run(create())
