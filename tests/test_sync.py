@@ -158,12 +158,16 @@ def test_the_loop_releases_its_connections_when_the_interpreter_exits(
         from channels_engines.sync import shutdown
         shutdown()
         print("closed", flush=True)
-        import time
-        time.sleep(30)
+        import sys
+        sys.stdin.read()  # alive until the test closes its input
         """
     )
     with subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     ) as process:
         try:
             assert process.stdout is not None
@@ -172,8 +176,7 @@ def test_the_loop_releases_its_connections_when_the_interpreter_exits(
             wait_for(lambda: admin.count(app) == 0, "the child's connections closed")
             assert process.poll() is None
         finally:
-            process.kill()
-            process.communicate(timeout=30)
+            process.communicate(timeout=30)  # closes its input: it ends
 
 
 @pytest.mark.postgres
