@@ -51,7 +51,9 @@ def test_messages_for_a_process_arrive_in_their_notification_and_rows_are_reaped
         assert [m["n"] for m in got] == list(range(200))
         assert engine_of(receiver)._delivery.from_notes - before == 200
         await await_for(lambda: rows(admin, prefix) == 0, "delivered rows deleted")
-        assert engine_of(receiver)._delivery.reaped >= 200
+        # Deleted together, a little later (a safety catch-up that runs meanwhile takes
+        # some of them first, and drops them as delivered already).
+        assert engine_of(receiver)._delivery.reaped > 0
         await sender.close()
         await receiver.close()
 
