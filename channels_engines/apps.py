@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core import checks
 from django.core.signals import setting_changed
 
-from .checks import check_channel_layers
+from .checks import check_channel_layers, check_servers
 from .settings import normalize_channel_layers
 
 
@@ -26,6 +26,7 @@ class ChannelsEnginesConfig(AppConfig):
         _apply(getattr(settings, "CHANNEL_LAYERS", None))
         setting_changed.connect(_on_setting_changed, dispatch_uid="channels_engines.layers")
         checks.register(check_channel_layers, "channels_engines")
+        checks.register(check_servers, "channels_engines", checks.Tags.database)
 
 
 def _apply(layers: Any) -> None:

@@ -14,12 +14,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .events import Events
 from .options import Option
 from .requirements import Requirement
 from .validation import non_local_name
+
+if TYPE_CHECKING:
+    from .inspection import Inspection
 
 __all__ = ["BaseChannelEngine", "EngineConfig", "Requirement", "SettingWarning"]
 
@@ -167,3 +170,9 @@ class BaseChannelEngine:
 
     async def close(self) -> None:
         """Release what this instance holds on its event loop (connections, tasks)."""
+
+    def inspection(self) -> Inspection | None:
+        """What ``manage.py channels_engines check|stats|purge-expired|schema`` can ask
+        of the engine's server (see :mod:`channels_engines.inspection`); None when the
+        engine has nothing to show (its state lives in the process)."""
+        return None

@@ -36,6 +36,7 @@ from .hooks import (
     SendFailed,
     load_hooks,
 )
+from .inspection import Inspection
 from .layer_options import (
     LAYER_OPTIONS,
     MAX_EXPIRY,
@@ -377,6 +378,11 @@ class EngineChannelLayer(BaseChannelLayer):
         """What the engine finds doubtful in these settings, without connecting (the
         system checks report them)."""
         return self._engine_class.setting_warnings(self._config, self._shared)
+
+    def inspection(self) -> Inspection | None:
+        """The engine's views of its server on the running event loop, for operators
+        (see :mod:`channels_engines.inspection`); None for an engine without any."""
+        return self._engine().inspection()
 
     def get_capacity(self, channel: str) -> int:
         return self._config.capacity_for(channel)

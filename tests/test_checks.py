@@ -3,6 +3,7 @@ checks with fixed ids, without connecting to anything."""
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
@@ -12,7 +13,8 @@ from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
 from channels_engines import BaseChannelEngine, Requirement
-from channels_engines.checks import check_channel_layers
+from channels_engines.checks import check_channel_layers, check_servers
+from tests.support.pgtools import config
 
 BACKEND = "channels_engines.EngineChannelLayer"
 # Nothing listens there: a check that tried to connect would fail or hang.
@@ -191,3 +193,56 @@ def test_manage_py_check_reports_them() -> None:
 
 def test_the_check_is_registered_under_its_tag() -> None:
     assert "channels_engines" in checks.registry.registry.tags_available()
+
+
+def server_checks(layers: dict[str, Any], databases: Any) -> list[tuple[str, str]]:
+    with override_settings(CHANNEL_LAYERS=layers):
+        return [(m.id or "", m.msg) for m in check_servers(databases=databases)]
+
+
+def test_checks_that_connect_run_only_when_database_checks_are_asked_for() -> None:
+    layers = {"default": {"ENGINE": "postgres", "CONFIG": {"dsn": NOWHERE, "pool_timeout": 1}}}
+    assert server_checks(layers, None) == []
+
+
+@pytest.mark.postgres
+def test_a_connection_budget_above_the_server_limit_is_w100(
+    app: str, prefix: str, admin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limit = int(admin.scalar("SHOW max_connections"))
+    monkeypatch.setenv("WEB_CONCURRENCY", str(limit))
+    layers = {"default": {"ENGINE": "postgres", "CONFIG": config(app, prefix=prefix)}}
+    found = server_checks(layers, ["default"])
+    budget = [msg for check_id, msg in found if check_id == "channels_engines.W100"]
+    assert len(budget) == 1
+    assert budget[0].startswith(
+        f"CHANNEL_LAYERS['default']: {limit} worker process(es) x 3 connections = "
+        f"{limit * 3}, but only "
+    )
+    assert {check_id for check_id, _ in found} <= {
+        "channels_engines.W100",
+        "channels_engines.W101",
+    }
+    monkeypatch.setenv("WEB_CONCURRENCY", "2")
+    assert [m for m in server_checks(layers, ["default"]) if m[0] == "channels_engines.W100"] == []
+
+
+@pytest.mark.postgres
+def test_a_server_that_cannot_be_inspected_is_w102() -> None:
+    layers = {"default": {"ENGINE": "postgres", "CONFIG": {"dsn": NOWHERE, "pool_timeout": 1}}}
+    ((check_id, msg),) = server_checks(layers, ["default"])
+    assert check_id == "channels_engines.W102"
+    assert msg.startswith("CHANNEL_LAYERS['default']: the server could not be inspected (")
+    assert msg.endswith(").")
+    assert "\n" not in msg
+
+
+def test_manage_py_check_database_runs_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    layers = {"default": {"ENGINE": "postgres", "CONFIG": {"dsn": NOWHERE, "pool_timeout": 1}}}
+    with override_settings(CHANNEL_LAYERS=layers):
+        out, err = io.StringIO(), io.StringIO()
+        call_command("check", "--database", "default", stdout=out, stderr=err)
+        plain = io.StringIO()
+        call_command("check", stdout=plain, stderr=io.StringIO())
+    assert "channels_engines.W102" in err.getvalue() + out.getvalue()
+    assert "channels_engines.W102" not in plain.getvalue()

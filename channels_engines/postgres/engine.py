@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .connection import Login
     from .delivery import Delivery
     from .inbox import Inbox
+    from .inspection import PostgresInspection
     from .listener import Listener
     from .maintenance import Maintenance
     from .pool import ConnectionPool, IdleHandoff
@@ -583,6 +584,11 @@ class PostgresEngine(BaseChannelEngine):
 
     def _deadline(self) -> float:
         return float(self._options["pool_timeout"])
+
+    def inspection(self) -> PostgresInspection:
+        from .inspection import PostgresInspection
+
+        return PostgresInspection(self)
 
     # Connections -------------------------------------------------------------------
 

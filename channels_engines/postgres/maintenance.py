@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 
+from ..inspection import Purged
 from .deadlines import fetch, transaction
 from .schema import Statements
 from .sending import ConnectionContext
@@ -29,6 +30,8 @@ logger = logging.getLogger("channels_engines.postgres")
 # Expired rows deleted per statement by the cleanup; at most this many statements a turn.
 CLEANUP_BATCH = 5000
 _CLEANUP_ROUNDS = 20
+#: What a cleanup counts, in the order :meth:`Maintenance._cleanup_batch` returns it.
+_REMOVED = ("messages", "memberships", "claim records", "idle group streams")
 
 Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 
@@ -97,7 +100,7 @@ class Maintenance:
                         logger.info("Expiry cleanup works again.")
                     self._failing = False
 
-    async def cleanup(self) -> None:
+    async def cleanup(self) -> Purged:
         """Delete expired rows in batches, if no other process is doing it right now."""
         statements = self._statements
         timeout = self._query_timeout
@@ -112,12 +115,21 @@ class Maintenance:
                     timeout=timeout,
                     what="removing memberships of channels whose messages expired",
                 )
-            for _ in range(_CLEANUP_ROUNDS):
-                if not await self._cleanup_batch(conn):
-                    return
+            removed = dict.fromkeys(_REMOVED, 0)
+            for turn in range(_CLEANUP_ROUNDS):
+                counts = await self._cleanup_batch(conn)
+                if counts is None:
+                    # Another process holds the lock: it is deleting the same rows.
+                    return Purged(removed, skipped=turn == 0)
+                for kind, count in zip(_REMOVED, counts, strict=True):
+                    removed[kind] += count
+                if max(counts) < CLEANUP_BATCH:
+                    break
+            return Purged(removed)
 
-    async def _cleanup_batch(self, conn: Connection) -> bool:
-        """One batch in one transaction; True if there may be more to delete."""
+    async def _cleanup_batch(self, conn: Connection) -> tuple[int, ...] | None:
+        """One batch in one transaction: how many rows of each kind it deleted, or None
+        when another process holds the cleanup lock."""
         statements = self._statements
         timeout = self._query_timeout
         limit = {"limit": CLEANUP_BATCH}
@@ -130,7 +142,7 @@ class Maintenance:
                 what="the cleanup lock",
             )
             if not (locked and locked[0][0]):
-                return False
+                return None
             counts = await fetch(
                 conn,
                 statements.delete_expired_messages,
@@ -159,5 +171,11 @@ class Maintenance:
                 timeout=timeout,
                 what="deleting the order of idle group streams",
             )
-        counts_of = (counts, members, claims, streams)
-        return max(int(rows[0][0]) for rows in counts_of) >= CLEANUP_BATCH
+        # Messages, the memberships of channels they were addressed to, expired
+        # memberships, claim records, and the order of idle streams.
+        return (
+            int(counts[0][0]),
+            int(counts[0][1]) + int(members[0][0]),
+            int(claims[0][0]),
+            int(streams[0][0]),
+        )
