@@ -31,6 +31,7 @@ from .plugins import Registry
 from .requirements import Requirement, not_installed
 
 __all__ = [
+    "ConnectionsChanged",
     "Counted",
     "CredentialsChanged",
     "CredentialsRefreshFailed",
@@ -150,6 +151,15 @@ class ListenerRecovered(Event):
 
     away: float
     may_have_missed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionsChanged(Event):
+    """The layer now holds ``held`` server connections of kind ``purpose`` in this
+    process (postgres: ``"pool"``, counting those being opened, and ``"listen"``)."""
+
+    purpose: str
+    held: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,11 +55,23 @@ def test_prometheus_counts_and_times_what_the_layer_does(
             lambda: sample(registry, "channels_engines_listener_away_seconds_count", **layer) == 1,
             "the listener's return",
         )
+        held["open"] = {
+            purpose: sample(registry, "channels_engines_connections", purpose=purpose, **layer)
+            for purpose in ("pool", "listen")
+        }
+        held["server"] = admin.count(app)
         await sender.close()
         await receiver.close()
 
     layer = {"alias": "", "engine": "postgres"}
+    held: dict[str, Any] = {}
     run(scenario())
+    # Both layers report to one registry: the gauge is the last count one of them set.
+    assert held["open"]["listen"] == 1  # the receiver's, back after the kill
+    assert 1 <= held["open"]["pool"] <= 2
+    assert held["server"] >= held["open"]["listen"] + held["open"]["pool"]
+    for purpose in ("pool", "listen"):
+        assert sample(registry, "channels_engines_connections", purpose=purpose, **layer) == 0
     assert sample(registry, "channels_engines_messages_sent_total", kind="send", **layer) == 8
     assert sample(registry, "channels_engines_messages_sent_total", kind="group_send", **layer) == 1
     assert sample(registry, "channels_engines_messages_received_total", **layer) == 4

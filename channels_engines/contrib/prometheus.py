@@ -16,6 +16,7 @@ import threading
 from typing import Any
 
 from ..hooks import (
+    ConnectionsChanged,
     Counted,
     CredentialsChanged,
     CredentialsRefreshFailed,
@@ -61,6 +62,7 @@ class Metrics(Hook):
         ListenerRecovered,
         CredentialsChanged,
         CredentialsRefreshFailed,
+        ConnectionsChanged,
     )
 
     def __init__(self, registry: Any = None, namespace: str = "channels_engines") -> None:
@@ -103,11 +105,13 @@ class Metrics(Hook):
             m["rotations"].labels(*labels).inc()
         elif isinstance(event, CredentialsRefreshFailed):
             m["refresh_failures"].labels(*labels).inc()
+        elif isinstance(event, ConnectionsChanged):
+            m["connections"].labels(*labels, event.purpose).set(event.held)
 
 
 def _metrics_for(registry: Any, namespace: str) -> dict[str, Any]:
     """The metrics of ``namespace`` in ``registry``, made on first use."""
-    from prometheus_client import Counter, Histogram
+    from prometheus_client import Counter, Gauge, Histogram
 
     with _lock:
         known = _by_registry.get(id(registry))
@@ -198,6 +202,15 @@ def _metrics_for(registry: Any, namespace: str) -> dict[str, Any]:
                 "credential_refresh_failures",
                 "Times asking the credential provider failed.",
                 _LABELS,
+                **common,
+            ),
+            # In multiprocess mode, the sum over the live processes.
+            "connections": Gauge(
+                "connections",
+                "Server connections the layer holds in this process, by purpose (postgres: "
+                "pool, counting those being opened, and listen).",
+                (*_LABELS, "purpose"),
+                multiprocess_mode="livesum",
                 **common,
             ),
         }

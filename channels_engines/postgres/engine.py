@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from channels.exceptions import ChannelFull
@@ -25,7 +26,7 @@ from channels.exceptions import ChannelFull
 from .._version import __version__
 from ..contract import BaseChannelEngine, EngineConfig, SettingWarning
 from ..exceptions import ChannelLayerClosed
-from ..hooks import ListenerLost, ListenerRecovered
+from ..hooks import ConnectionsChanged, ListenerLost, ListenerRecovered
 from ..loops import closing
 from ..mailbox import Mailbox
 from ..requirements import Requirement
@@ -341,6 +342,7 @@ class PostgresEngine(BaseChannelEngine):
             query_timeout=options["query_timeout"],
             check_timeout=max(5.0, options["heartbeat_timeout"]),
             describe=self.shared.login.describe("listen"),
+            on_connection=lambda delta: self._count_connections("listen", delta),
         )
         inbox = self.shared.inbox
         loop = asyncio.get_running_loop()
@@ -638,6 +640,7 @@ class PostgresEngine(BaseChannelEngine):
                     describe=self.shared.login.describe("pool"),
                     handoff=self.shared.handoff,
                     tag=self.shared.login.tag,
+                    on_size=lambda delta: self._count_connections("pool", delta),
                 )
                 try:
                     if not self.shared.tables.ready:
@@ -661,6 +664,13 @@ class PostgresEngine(BaseChannelEngine):
                 )
                 self._maintenance.start()
             return self._pool
+
+    def _count_connections(self, purpose: str, delta: int) -> None:
+        """Keep the process-wide count of the layer's connections, and report it."""
+        held = self.shared.connections
+        with self.shared.connections_lock:
+            held[purpose] = count = held.get(purpose, 0) + delta
+        self.events.emit(ConnectionsChanged, purpose=purpose, held=count)
 
     async def _connect_pooled(self, timeout: float) -> AsyncConnection[tuple[Any, ...]]:
         return await self.shared.login.connect("pool", timeout)
@@ -726,6 +736,9 @@ class _Shared:
     senders: Senders
     #: When a dropped group message was last logged as a warning (monotonic seconds).
     last_drop_warning: float = 0.0
+    #: Server connections of every event loop's engine, by purpose ("pool", "listen").
+    connections: dict[str, int] = field(default_factory=dict)
+    connections_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def mailbox(self) -> Mailbox:

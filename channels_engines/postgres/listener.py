@@ -65,7 +65,10 @@ class Listener:
         query_timeout: float,
         check_timeout: float,
         describe: str,
+        on_connection: Callable[[int], None] | None = None,
     ) -> None:
+        self._on_connection = on_connection
+        self._held: Connection | None = None
         self._connect = connect
         self._control = control
         self._poke = poke
@@ -94,6 +97,17 @@ class Listener:
         self.reconnects = 0
         #: Backend PID of the current connection, or None.
         self.backend_pid: int | None = None
+
+    @property
+    def _conn(self) -> Connection | None:
+        return self._held
+
+    @_conn.setter
+    def _conn(self, conn: Connection | None) -> None:
+        # Told to on_connection (+1, -1) for the connections metric.
+        before, self._held = self._held is not None, conn
+        if self._on_connection is not None and before != (conn is not None):
+            self._on_connection(1 if conn is not None else -1)
 
     # Control -----------------------------------------------------------------------
 

@@ -127,6 +127,7 @@ class ConnectionPool:
     ``max_lifetime``: connections are replaced after about this long (±10 %).
     ``handoff``: where :meth:`close` with ``hand_off=True`` leaves idle connections, and
     where the pool looks before opening one; ``tag()`` names the login they belong to.
+    ``on_size(delta)`` is told every change of :attr:`size` (for the connections metric).
     """
 
     def __init__(
@@ -142,8 +143,11 @@ class ConnectionPool:
         describe: str = "",
         handoff: IdleHandoff | None = None,
         tag: Callable[[], object] = lambda: None,
+        on_size: Callable[[int], None] | None = None,
     ) -> None:
         self._connect = connect
+        self._on_size = on_size
+        self._held = 0
         self._handoff = handoff
         self._tag = tag
         self._min_size = min_size
@@ -154,7 +158,6 @@ class ConnectionPool:
         self._max_lifetime = max_lifetime
         self._describe = describe
         self._idle: list[_Entry] = []
-        self._size = 0
         self._waiters: list[asyncio.Future[None]] = []
         self._generation = 0
         self._closed = False
@@ -164,7 +167,17 @@ class ConnectionPool:
     @property
     def size(self) -> int:
         """Connections open or being opened."""
-        return self._size
+        return self._held
+
+    @property
+    def _size(self) -> int:
+        return self._held
+
+    @_size.setter
+    def _size(self, value: int) -> None:
+        delta, self._held = value - self._held, value
+        if delta and self._on_size is not None:
+            self._on_size(delta)
 
     @contextlib.asynccontextmanager
     async def connection(self, timeout: float | None = None) -> AsyncIterator[Connection]:
