@@ -11,6 +11,7 @@ from channels.exceptions import InvalidChannelLayerError
 __all__ = [
     "AlreadyRegisteredError",
     "ChannelLayerClosed",
+    "EngineContractError",
     "EngineUnavailableError",
     "InvalidConfigError",
     "InvalidEngineError",
@@ -23,6 +24,12 @@ class InvalidEngineError(InvalidChannelLayerError):
 
 class EngineUnavailableError(InvalidEngineError):
     """The engine exists but a package it needs is not installed."""
+
+
+class EngineContractError(InvalidEngineError):
+    """The engine class breaks the engine contract (a required method, an extension's
+    methods, an option's default): found when it is registered or selected, not when a
+    method is first called."""
 
 
 class InvalidConfigError(InvalidChannelLayerError):

@@ -11,6 +11,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
 
+from channels_engines import register_engine, unregister_engine
+from channels_engines.memory import MemoryEngine
 from tests.support.pgtools import Admin, config, make_layer, run
 
 
@@ -113,3 +115,28 @@ def test_flush_asks_first_and_empties_the_layer(
 def test_a_subcommand_is_required() -> None:
     with pytest.raises(CommandError, match="command"):
         call_command("channels_engines")
+
+
+class MisspelledExtensionEngine(MemoryEngine):
+    extensions = ("groups", "flsuh")
+
+
+def test_list_shows_an_engine_that_breaks_the_contract_as_an_error() -> None:
+    # Registered by path, so only loading finds what is wrong with it.
+    register_engine("ce_flawed", f"{__name__}.MisspelledExtensionEngine")
+    try:
+        with override_settings(CHANNEL_LAYERS={}):
+            text = command("list")
+            found = json.loads(command("list", "--json"))
+    finally:
+        unregister_engine("ce_flawed")
+    row = {row["name"]: row for row in found["engines"]}["ce_flawed"]
+    problem = (
+        "extensions names the unknown extension 'flsuh' (did you mean 'flush'?); known "
+        "extensions: 'flush', 'groups'"
+    )
+    assert row["problems"] == [problem]
+    assert row["error"] is None
+    line = next(line for line in text.splitlines() if line.startswith("ce_flawed "))
+    assert f" error: breaks the engine contract: {problem} " in line
+    assert {row["name"]: row for row in found["engines"]}["memory"]["problems"] == []
