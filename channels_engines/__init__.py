@@ -19,6 +19,7 @@ from .exceptions import (
     EngineUnavailableError,
     InvalidConfigError,
     InvalidEngineError,
+    ServerUnavailableError,
 )
 from .hooks import Hook, register_hook, unregister_hook
 from .layer import EngineChannelLayer
@@ -45,6 +46,7 @@ __all__ = [
     "Mailbox",
     "Option",
     "Requirement",
+    "ServerUnavailableError",
     "__version__",
     "available_engines",
     "contract_problems",

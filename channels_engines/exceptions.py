@@ -15,6 +15,7 @@ __all__ = [
     "EngineUnavailableError",
     "InvalidConfigError",
     "InvalidEngineError",
+    "ServerUnavailableError",
 ]
 
 
@@ -42,3 +43,9 @@ class AlreadyRegisteredError(ValueError):
 
 class ChannelLayerClosed(RuntimeError):
     """The layer was closed on this event loop while the operation waited."""
+
+
+class ServerUnavailableError(ConnectionError):
+    """The engine could not reach its server within its timeout (the server is down or
+    unreachable, or refuses connections for now). The client library's error is chained
+    as ``__cause__``. Trying again later may work; the settings may still be at fault."""

@@ -56,6 +56,7 @@ def test_configuration_errors_are_channels_errors() -> None:
     ):
         assert issubclass(getattr(channels_engines, name), InvalidChannelLayerError)
     assert issubclass(channels_engines.AlreadyRegisteredError, ValueError)
+    assert issubclass(channels_engines.ServerUnavailableError, ConnectionError)
 
 
 def test_every_register_function_has_its_unregister_twin() -> None:
