@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 from ._version import __version__
-from .contract import BaseChannelEngine, EngineConfig
+from .contract import BaseChannelEngine, EngineConfig, contract_problems
 from .credentials import (
     CredentialProvider,
     Credentials,
     CredentialsError,
     register_credential_provider,
+    unregister_credential_provider,
 )
-from .engine_registry import EngineInfo, available_engines, register_engine
+from .engine_registry import EngineInfo, available_engines, register_engine, unregister_engine
 from .exceptions import (
     AlreadyRegisteredError,
     ChannelLayerClosed,
+    EngineContractError,
     EngineUnavailableError,
     InvalidConfigError,
     InvalidEngineError,
+    ServerUnavailableError,
 )
-from .hooks import Hook, register_hook
+from .hooks import Hook, register_hook, unregister_hook
 from .layer import EngineChannelLayer
 from .mailbox import Mailbox
 from .options import Option
@@ -34,6 +37,7 @@ __all__ = [
     "CredentialsError",
     "EngineChannelLayer",
     "EngineConfig",
+    "EngineContractError",
     "EngineInfo",
     "EngineUnavailableError",
     "Hook",
@@ -42,10 +46,15 @@ __all__ = [
     "Mailbox",
     "Option",
     "Requirement",
+    "ServerUnavailableError",
     "__version__",
     "available_engines",
+    "contract_problems",
     "non_local_name",
     "register_credential_provider",
     "register_engine",
     "register_hook",
+    "unregister_credential_provider",
+    "unregister_engine",
+    "unregister_hook",
 ]

@@ -17,14 +17,27 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .events import Events
-from .options import Option
+from .options import Option, closest
 from .requirements import Requirement
 from .validation import non_local_name
 
 if TYPE_CHECKING:
     from .inspection import Inspection
 
-__all__ = ["BaseChannelEngine", "EngineConfig", "Requirement", "SettingWarning"]
+__all__ = [
+    "EXTENSIONS",
+    "BaseChannelEngine",
+    "EngineConfig",
+    "Requirement",
+    "SettingWarning",
+    "contract_problems",
+]
+
+#: The extensions an engine may declare, with the methods each one needs.
+EXTENSIONS: Mapping[str, tuple[str, ...]] = {
+    "flush": ("flush",),
+    "groups": ("group_add", "group_discard", "group_send"),
+}
 
 
 @dataclass(frozen=True)
@@ -127,8 +140,9 @@ class BaseChannelEngine:
 
     @classmethod
     def missing_requirements(cls) -> list[Requirement]:
-        """Declared requirements that are not installed."""
-        return [requirement for requirement in cls.requires if not requirement.installed()]
+        """Declared requirements that are not installed, each naming the distribution
+        whose extra installs it (inferred from this class's module when not given)."""
+        return [requirement.of(cls) for requirement in cls.requires if not requirement.installed()]
 
     def owns(self, channel: str) -> bool:
         """Whether ``channel`` is process-specific to this layer in this process."""
@@ -176,3 +190,79 @@ class BaseChannelEngine:
         of the engine's server (see :mod:`channels_engines.inspection`); None when the
         engine has nothing to show (its state lives in the process)."""
         return None
+
+
+def contract_problems(cls: type[BaseChannelEngine]) -> list[str]:
+    """What in ``cls`` breaks the engine contract, as phrases (empty: nothing).
+
+    The layer would otherwise find these only when the method is called; the registry
+    checks them when an engine is registered or selected, and tooling lists them.
+    """
+    problems = [
+        f"it does not implement {method}()"
+        for method in ("send", "receive")
+        if getattr(cls, method) is getattr(BaseChannelEngine, method)
+    ]
+    extensions = cls.extensions
+    if not isinstance(extensions, (tuple, list)) or not all(
+        isinstance(name, str) for name in extensions
+    ):
+        problems.append(
+            f"extensions must be a tuple of extension names, not {extensions!r}; known "
+            f"extensions: {_known_extensions()}"
+        )
+        extensions = ()
+    for extension in extensions:
+        methods = EXTENSIONS.get(extension)
+        if methods is None:
+            hint = closest(extension, EXTENSIONS)
+            suggestion = f" (did you mean {hint!r}?)" if hint else ""
+            problems.append(
+                f"extensions names the unknown extension {extension!r}{suggestion}; known "
+                f"extensions: {_known_extensions()}"
+            )
+            continue
+        missing = [
+            f"{method}()"
+            for method in methods
+            if getattr(cls, method) is getattr(BaseChannelEngine, method)
+        ]
+        if missing:
+            problems.append(
+                f"it declares the {extension!r} extension but does not implement "
+                f"{', '.join(missing)}"
+            )
+    problems += option_problems(cls.options)
+    return problems
+
+
+def option_problems(options: Any) -> list[str]:
+    """Declared options that cannot work: not an :class:`Option`, or a default its own
+    declaration refuses (a required option has no default to check)."""
+    if not isinstance(options, Mapping):
+        return [f"options must be a mapping of CONFIG keys to Option, not {options!r}"]
+    problems = []
+    for key, option in options.items():
+        if not isinstance(key, str) or not isinstance(option, Option):
+            problems.append(
+                f"options[{key!r}] must map a CONFIG key (str) to an Option, not "
+                f"{type(option).__name__}"
+            )
+            continue
+        if option.required:
+            continue
+        try:
+            allowed = option.problem(option.default)
+        except Exception as exc:  # a check hook that cannot take its own default
+            allowed = f"accepted by its check, which raised {type(exc).__name__}: {exc}"
+        if allowed is not None:
+            shown = "(hidden)" if option.secret else repr(option.default)
+            problems.append(
+                f"the default of option {key!r}, {shown}, is not allowed by its own "
+                f"declaration: it must be {allowed}"
+            )
+    return problems
+
+
+def _known_extensions() -> str:
+    return ", ".join(repr(name) for name in sorted(EXTENSIONS))

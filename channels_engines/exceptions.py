@@ -11,9 +11,11 @@ from channels.exceptions import InvalidChannelLayerError
 __all__ = [
     "AlreadyRegisteredError",
     "ChannelLayerClosed",
+    "EngineContractError",
     "EngineUnavailableError",
     "InvalidConfigError",
     "InvalidEngineError",
+    "ServerUnavailableError",
 ]
 
 
@@ -23,6 +25,12 @@ class InvalidEngineError(InvalidChannelLayerError):
 
 class EngineUnavailableError(InvalidEngineError):
     """The engine exists but a package it needs is not installed."""
+
+
+class EngineContractError(InvalidEngineError):
+    """The engine class breaks the engine contract (a required method, an extension's
+    methods, an option's default): found when it is registered or selected, not when a
+    method is first called."""
 
 
 class InvalidConfigError(InvalidChannelLayerError):
@@ -35,3 +43,9 @@ class AlreadyRegisteredError(ValueError):
 
 class ChannelLayerClosed(RuntimeError):
     """The layer was closed on this event loop while the operation waited."""
+
+
+class ServerUnavailableError(ConnectionError):
+    """The engine could not reach its server within its timeout (the server is down or
+    unreachable, or refuses connections for now). The client library's error is chained
+    as ``__cause__``. Trying again later may work; the settings may still be at fault."""

@@ -49,6 +49,7 @@ __all__ = [
     "SendFailed",
     "hooks",
     "register_hook",
+    "unregister_hook",
 ]
 
 logger = logging.getLogger("channels_engines.hooks")
@@ -212,7 +213,9 @@ class Hook:
 
     @classmethod
     def missing_requirements(cls) -> list[Requirement]:
-        return [requirement for requirement in cls.requires if not requirement.installed()]
+        """Declared requirements that are not installed (see
+        :meth:`channels_engines.BaseChannelEngine.missing_requirements`)."""
+        return [requirement.of(cls) for requirement in cls.requires if not requirement.installed()]
 
 
 hooks: Registry[Hook] = Registry(
@@ -221,6 +224,7 @@ hooks: Registry[Hook] = Registry(
     entry_point_group="channels_engines.hooks",
     setting="CONFIG['hooks']",
     error=InvalidConfigError,
+    unregister="channels_engines.unregister_hook",
 )
 hooks.register("prometheus", "channels_engines.contrib.prometheus.Metrics", origin="built in")
 hooks.register("opentelemetry", "channels_engines.contrib.opentelemetry.Tracing", origin="built in")
@@ -232,6 +236,12 @@ def register_hook(name: str, hook: type[Hook] | str) -> None:
     Raises :class:`~channels_engines.AlreadyRegisteredError` if the name is taken.
     """
     hooks.register(name, hook)
+
+
+def unregister_hook(name: str) -> None:
+    """Remove a hook name registered in code (or built in), so that it can be registered
+    again. Raises ``LookupError`` for a name that is not registered in code."""
+    hooks.unregister(name)
 
 
 def load_hooks(values: Sequence[Any], where: str) -> list[Hook]:

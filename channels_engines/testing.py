@@ -33,6 +33,7 @@ from asgiref.sync import async_to_sync
 from channels.exceptions import ChannelFull, MessageTooLarge
 
 from .contract import BaseChannelEngine
+from .exceptions import ServerUnavailableError
 from .layer import EngineChannelLayer
 from .validation import MAX_NESTING
 
@@ -72,6 +73,12 @@ class ChannelLayerConformance:
     receive_timeout: ClassVar[float] = 10.0
     #: Expiry used by the expiry tests (seconds); keep it short, the tests wait past it.
     short_expiry: ClassVar[float] = 0.5
+
+    def unreachable_config(self) -> dict[str, Any] | None:
+        """CONFIG overrides that point the engine at a server that cannot be reached (a
+        closed port), with a short timeout; None (the default) for an engine without a
+        server, which skips the test of :class:`~channels_engines.ServerUnavailableError`."""
+        return None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -410,6 +417,59 @@ class ChannelLayerConformance:
             if "groups" in layer.extensions:
                 await layer.group_send("conformance-flush", {"type": "after.flush"})
                 await self.assert_nothing_pending(layer, channel)
+
+    async def test_flush_removes_messages_already_taken_from_the_server(self) -> None:
+        """An engine that fetches several messages at once holds some that no receive()
+        has returned yet: flush() removes those too."""
+        async with self.open_layer() as layer:
+            self.require(layer, "flush")
+            for channel in (await layer.new_channel(), "conformance.flush.taken"):
+                for index in range(5):
+                    await layer.send(channel, {"type": "before.flush", "index": index})
+                assert (await self.receive(layer, channel))["index"] == 0
+                await layer.flush()
+                await self.assert_nothing_pending(layer, channel)
+
+    async def test_close_keeps_messages_already_taken_from_the_server(self) -> None:
+        """Messages an engine fetched but no receive() returned yet survive close(): the
+        next engine instance on the loop delivers them, in order."""
+        async with self.open_layer() as layer:
+            for channel in (await layer.new_channel(), "conformance.close.taken"):
+                for index in range(5):
+                    await layer.send(channel, {"type": "across.close", "index": index})
+                assert (await self.receive(layer, channel))["index"] == 0
+                await layer.close()
+                await layer.send(channel, SENTINEL)
+                rest = []
+                while (message := await self.receive(layer, channel)) != SENTINEL:
+                    rest.append(message["index"])
+                assert rest == [1, 2, 3, 4], "close() lost messages taken from the server"
+
+    async def test_an_unreachable_server_raises_server_unavailable(self) -> None:
+        """Within its timeout, and with the client library's error as the cause: not a
+        hang, and not an exception of the engine's client library."""
+        overrides = self.unreachable_config()
+        if overrides is None:
+            pytest.skip("the kit subclass gives no unreachable_config()")
+        layer = self.make_layer(**overrides)
+        calls: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+            ("send", lambda: layer.send("conformance.unreachable", {"type": "x"})),
+            ("receive", lambda: layer.receive("conformance.unreachable")),
+        ]
+        if "groups" in layer.extensions:
+            calls += [
+                ("group_add", lambda: layer.group_add("conformance-gone", "conformance.x")),
+                ("group_send", lambda: layer.group_send("conformance-gone", {"type": "x"})),
+            ]
+        if "flush" in layer.extensions:
+            calls.append(("flush", layer.flush))
+        try:
+            for name, call in calls:
+                with pytest.raises(ServerUnavailableError) as caught:
+                    await call()
+                assert caught.value.__cause__ is not None, f"{name}() chained no cause"
+        finally:
+            await layer.close()
 
     async def test_close_then_use_again(self) -> None:
         async with self.open_layer() as layer:

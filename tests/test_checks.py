@@ -14,6 +14,7 @@ from django.test import override_settings
 
 from channels_engines import BaseChannelEngine, Requirement
 from channels_engines.checks import check_channel_layers, check_servers
+from channels_engines.memory import MemoryEngine
 from tests.support.pgtools import config
 
 BACKEND = "channels_engines.EngineChannelLayer"
@@ -47,8 +48,24 @@ def test_an_unknown_engine_is_e001_with_the_closest_name() -> None:
     ]
 
 
-class NeedsTurbo(BaseChannelEngine):
+class NeedsTurbo(MemoryEngine):
     requires = (Requirement("turbo_not_installed", "turbo-not-installed"),)
+
+
+class NoReceive(BaseChannelEngine):
+    async def send(self, channel: str, message: bytes) -> None:
+        raise AssertionError("not reached")
+
+
+def test_an_engine_that_breaks_the_contract_is_e001_naming_what_is_wrong() -> None:
+    assert run_checks({"default": {"ENGINE": "tests.test_checks.NoReceive"}}) == [
+        (
+            "channels_engines.E001",
+            "CHANNEL_LAYERS['default']: ENGINE 'tests.test_checks.NoReceive' breaks the "
+            "engine contract: it does not implement receive().",
+            None,
+        )
+    ]
 
 
 def test_an_engine_whose_package_is_missing_is_e002_with_the_install_command() -> None:
@@ -98,7 +115,9 @@ def test_an_unknown_credential_provider_is_e003() -> None:
     layers = {"default": {"ENGINE": "postgres", "CONFIG": {"dsn": NOWHERE, "credentials": "vualt"}}}
     ((check_id, message, _),) = run_checks(layers)
     assert check_id == "channels_engines.E003"
-    assert "'vualt'" in message
+    # A plain string in 'credentials' may be a password: described, never repeated.
+    assert "vualt" not in message
+    assert "CONFIG['credentials'] is a plain string (hidden)" in message
     assert "Did you mean 'vault'?" in message
 
 
@@ -106,6 +125,12 @@ class Broken(BaseChannelEngine):
     @classmethod
     def create_shared(cls, config: Any) -> Any:
         raise RuntimeError("a bug of the engine")
+
+    async def send(self, channel: str, message: bytes) -> None:
+        raise AssertionError("not reached")
+
+    async def receive(self, channel: str) -> bytes:
+        raise AssertionError("not reached")
 
 
 def test_an_engine_that_cannot_be_built_is_e004() -> None:

@@ -14,6 +14,8 @@ from django.core.management.base import CommandError
 from django.test import override_settings
 from psycopg.conninfo import conninfo_to_dict as psycopg_conninfo
 
+from channels_engines import register_engine, unregister_engine
+from channels_engines.memory import MemoryEngine
 from channels_engines.postgres.__main__ import main as postgres_main
 from channels_engines.postgres.inspection import vacuum_warnings
 from tests.support.pgtools import Admin, config, make_layer, run
@@ -454,3 +456,28 @@ def test_a_server_that_cannot_be_reached_fails_stats_with_one_line(app: str, pre
         command("stats", "--alias", "default")
     assert str(caught.value).startswith("stats of 'default' failed: OperationalError: ")
     assert "\n" not in str(caught.value)
+
+
+class MisspelledExtensionEngine(MemoryEngine):
+    extensions = ("groups", "flsuh")
+
+
+def test_list_shows_an_engine_that_breaks_the_contract_as_an_error() -> None:
+    # Registered by path, so only loading finds what is wrong with it.
+    register_engine("ce_flawed", f"{__name__}.MisspelledExtensionEngine")
+    try:
+        with override_settings(CHANNEL_LAYERS={}):
+            text = command("list")
+            found = json.loads(command("list", "--json"))
+    finally:
+        unregister_engine("ce_flawed")
+    row = {row["name"]: row for row in found["engines"]}["ce_flawed"]
+    problem = (
+        "extensions names the unknown extension 'flsuh' (did you mean 'flush'?); known "
+        "extensions: 'flush', 'groups'"
+    )
+    assert row["problems"] == [problem]
+    assert row["error"] is None
+    line = next(line for line in text.splitlines() if line.startswith("ce_flawed "))
+    assert f" error: breaks the engine contract: {problem} " in line
+    assert {row["name"]: row for row in found["engines"]}["memory"]["problems"] == []

@@ -32,6 +32,7 @@ from channels_engines import (
     EngineChannelLayer,
     InvalidConfigError,
     register_credential_provider,
+    unregister_credential_provider,
 )
 from channels_engines.credentials import (
     CredentialCache,
@@ -211,8 +212,9 @@ def test_an_unknown_name_is_answered_with_a_suggestion_and_the_names_that_exist(
         resolve_provider("evn", where=WHERE)
     assert str(raised.value) == (
         f"{WHERE}: unknown CONFIG['credentials'] 'evn'. Did you mean 'env'? Available "
-        f"credential providers: {AVAILABLE}. CONFIG['credentials'] takes a registered name "
-        "or the dotted path of a channels_engines.CredentialProvider subclass."
+        f"credential providers: {AVAILABLE}. CONFIG['credentials'] takes a provider name, "
+        "the dotted path of a CredentialProvider subclass, a CredentialProvider instance or "
+        "{'provider': NAME, **options}."
     )
 
 
@@ -232,6 +234,56 @@ def test_a_value_of_another_type_is_refused() -> None:
         f"{WHERE}: CONFIG['credentials'] must be a provider name, a dotted path, a "
         "CredentialProvider instance or a dict with 'provider', not int."
     )
+
+
+def plain_string_refused(where: str, suggestion: str) -> str:
+    return (
+        f"{where}: CONFIG['credentials'] is a plain string (hidden) that names no credential "
+        "provider: not a registered name, nor the dotted path of a class that can be "
+        f"imported.{suggestion} CONFIG['credentials'] must be a provider name, the dotted "
+        "path of a CredentialProvider subclass, a CredentialProvider instance or "
+        "{'provider': NAME, **options}. Available credential providers: " + AVAILABLE + ". "
+        "A password does not go here: write {'provider': 'static', 'user': ..., "
+        "'password': ...}, or put it in 'dsn'."
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "suggestion"),
+    [
+        ("hunter2", ""),
+        ("s3cret pass!", ""),
+        ("my.secret.password", ""),
+        ("pkg.module:Provider", ""),
+        ("stattic", " Did you mean 'static'?"),
+    ],
+)
+def test_a_plain_string_in_a_layers_config_is_described_never_shown(
+    value: str, suggestion: str
+) -> None:
+    """CONFIG['credentials'] is a secret setting: a string there that names no provider
+    may be the password itself, put in the wrong place."""
+    with pytest.raises(InvalidConfigError) as raised:
+        EngineChannelLayer(ENGINE="postgres", dsn="postgresql://127.0.0.1:1/x", credentials=value)
+    assert str(raised.value) == plain_string_refused("EngineChannelLayer", suggestion)
+    assert raised.value.__cause__ is None
+    assert "Secret(" not in str(raised.value)
+
+
+def test_a_provider_name_or_path_in_a_layers_config_is_used() -> None:
+    for value in ("env", "channels_engines.credentials.builtin.EnvProvider"):
+        layer = EngineChannelLayer(
+            ENGINE="postgres", dsn="postgresql://127.0.0.1:1/x", credentials=value
+        )
+        assert layer.config.options["credentials"] == Secret(value)
+
+
+def test_unregister_credential_provider_frees_a_name() -> None:
+    register_credential_provider("ce_test_gone", StoreProvider)
+    unregister_credential_provider("ce_test_gone")
+    assert "ce_test_gone" not in credential_providers.names()
+    with pytest.raises(LookupError, match="'ce_test_gone' is not registered"):
+        unregister_credential_provider("ce_test_gone")
 
 
 def test_a_dotted_path_to_something_else_is_refused() -> None:
@@ -335,7 +387,7 @@ def registered() -> Iterator[Callable[[str, Any], None]]:
 
     yield register
     for name in names:
-        credential_providers.unregister(name)
+        unregister_credential_provider(name)
 
 
 def test_register_credential_provider_makes_a_name_selectable(

@@ -100,3 +100,16 @@ def test_a_block_that_cannot_be_generated_is_an_error(tmp_path: Path) -> None:
         "error: page.md:1: no '<!-- end generated -->' after '<!-- generated: layer-options -->'\n",
     )
     assert page.read_text() == "<!-- generated: layer-options -->\nno end\n"
+
+
+def test_the_option_signature_in_writing_an_engine_lists_every_field() -> None:
+    """The page shows Option's signature by hand: it must name every field, in order."""
+    import dataclasses
+
+    from channels_engines import Option
+
+    text = " ".join((ROOT / "docs" / "writing-an-engine.md").read_text().split())
+    shown = re.search(r"`Option\((?P<args>[^)]*)\)`", text)
+    assert shown is not None
+    names = [arg.split("=")[0].strip() for arg in shown["args"].split(",")]
+    assert names == [field.name for field in dataclasses.fields(Option)]

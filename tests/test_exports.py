@@ -48,9 +48,22 @@ def test_every_name_in_a_modules_all_exists(module: str) -> None:
 
 
 def test_configuration_errors_are_channels_errors() -> None:
-    for name in ("EngineUnavailableError", "InvalidConfigError", "InvalidEngineError"):
+    for name in (
+        "EngineContractError",
+        "EngineUnavailableError",
+        "InvalidConfigError",
+        "InvalidEngineError",
+    ):
         assert issubclass(getattr(channels_engines, name), InvalidChannelLayerError)
     assert issubclass(channels_engines.AlreadyRegisteredError, ValueError)
+    assert issubclass(channels_engines.ServerUnavailableError, ConnectionError)
+
+
+def test_every_register_function_has_its_unregister_twin() -> None:
+    registers = {name for name in channels_engines.__all__ if name.startswith("register_")}
+    assert registers == {"register_credential_provider", "register_engine", "register_hook"}
+    for name in registers:
+        assert "un" + name in channels_engines.__all__
 
 
 def test_importing_the_package_imports_no_optional_dependency() -> None:

@@ -21,6 +21,7 @@ from channels_engines import (
     EngineChannelLayer,
     InvalidConfigError,
     Requirement,
+    unregister_hook,
 )
 from channels_engines.hooks import (
     Counted,
@@ -63,6 +64,25 @@ def test_an_unknown_hook_name_is_refused_with_its_place_and_the_closest_name() -
         hooks.unregister("audit_trail")
 
 
+def test_a_hook_in_entry_point_form_is_shown_with_the_dotted_spelling() -> None:
+    with pytest.raises(InvalidConfigError) as caught:
+        memory("tests.support.hooks:Recorder")
+    assert str(caught.value) == (
+        "EngineChannelLayer: CONFIG['hooks'][0]: CONFIG['hooks'] 'tests.support.hooks:Recorder' "
+        "is neither a registered name nor a dotted path. That is the entry-point form; "
+        "CONFIG['hooks'] takes a dotted path, written with a dot: "
+        "'tests.support.hooks.Recorder'. Available hooks: 'opentelemetry', 'prometheus'."
+    )
+
+
+def test_unregister_hook_frees_a_name() -> None:
+    register_hook("ce_test_gone", Recorder)
+    unregister_hook("ce_test_gone")
+    assert "ce_test_gone" not in hooks.names()
+    register_hook("ce_test_gone", Recorder)
+    unregister_hook("ce_test_gone")
+
+
 @pytest.mark.parametrize("value", [3, None, "", object(), int])
 def test_an_item_that_is_no_hook_is_refused_naming_the_setting(value: Any) -> None:
     with pytest.raises(InvalidConfigError) as caught:
@@ -100,8 +120,12 @@ class NeedsAPackage(Hook):
 def test_a_hook_whose_package_is_missing_says_how_to_install_it() -> None:
     with pytest.raises(InvalidConfigError) as caught:
         memory(NeedsAPackage)
-    assert "not-installed-anywhere" in str(caught.value)
-    assert "pip install 'channels-engines[nothing]'" in str(caught.value)
+    # The hook's module belongs to no installed distribution whose extra could be named.
+    assert str(caught.value) == (
+        "EngineChannelLayer: CONFIG['hooks'][0]: hook tests.test_hooks.NeedsAPackage needs "
+        "not-installed-anywhere, which is not installed. Install it with: "
+        "pip install 'not-installed-anywhere'"
+    )
 
 
 def test_names_dotted_paths_classes_and_instances_are_used_in_their_order() -> None:

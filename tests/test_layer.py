@@ -41,6 +41,12 @@ LAYER_KEYS = (
 class SendOnlyEngine(BaseChannelEngine):
     """An engine that provides no extension (the tests never reach send or receive)."""
 
+    async def send(self, channel: str, message: bytes) -> None:
+        raise AssertionError("not reached")
+
+    async def receive(self, channel: str) -> bytes:
+        raise AssertionError("not reached")
+
 
 class SecretEngine(MemoryEngine):
     """An engine with a secret option, to check it never shows."""

@@ -6,6 +6,7 @@ against the same database.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,3 +30,10 @@ class TestPostgresConformance(ChannelLayerConformance):
     @property
     def config(self) -> dict[str, Any]:  # type: ignore[override]
         return {"ENGINE": "postgres", "dsn": server_dsn(), "table_prefix": PREFIX}
+
+    def unreachable_config(self) -> dict[str, Any]:
+        """A port that was just free: nothing listens there."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        return {"dsn": f"postgresql://postgres@127.0.0.1:{port}/test", "pool_timeout": 1.0}

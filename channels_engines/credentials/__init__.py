@@ -7,6 +7,7 @@ from .registry import (
     credential_providers,
     register_credential_provider,
     resolve_provider,
+    unregister_credential_provider,
 )
 
 __all__ = [
@@ -19,4 +20,5 @@ __all__ = [
     "credential_providers",
     "register_credential_provider",
     "resolve_provider",
+    "unregister_credential_provider",
 ]

@@ -19,6 +19,7 @@ __all__ = [
     "credential_providers",
     "register_credential_provider",
     "resolve_provider",
+    "unregister_credential_provider",
 ]
 
 credential_providers: Registry[CredentialProvider] = Registry(
@@ -27,6 +28,11 @@ credential_providers: Registry[CredentialProvider] = Registry(
     entry_point_group="channels_engines.credentials",
     setting="CONFIG['credentials']",
     error=InvalidConfigError,
+    unregister="channels_engines.unregister_credential_provider",
+    takes="a provider name, the dotted path of a CredentialProvider subclass, a "
+    "CredentialProvider instance or {'provider': NAME, **options}",
+    hidden_hint=" A password does not go here: write {'provider': 'static', 'user': ..., "
+    "'password': ...}, or put it in 'dsn'.",
 )
 for _name, _path in {
     "static": "channels_engines.credentials.builtin.StaticProvider",
@@ -60,6 +66,12 @@ def register_credential_provider(name: str, provider: type[CredentialProvider] |
     credential_providers.register(name, provider)
 
 
+def unregister_credential_provider(name: str) -> None:
+    """Remove a provider name registered in code (or built in), so that it can be
+    registered again. Raises ``LookupError`` for a name that is not registered in code."""
+    credential_providers.unregister(name)
+
+
 def resolve_provider(value: Any, *, where: str) -> CredentialProvider:
     """A provider from CONFIG['credentials']: a name, a dotted path, an instance, or a
     dict ``{"provider": name, **options}``.
@@ -89,7 +101,7 @@ def resolve_provider(value: Any, *, where: str) -> CredentialProvider:
         )
     cls = credential_providers.load(value, where=where)
     name = plain(value) if isinstance(value, (str, Secret)) else cls.__qualname__
-    missing = [requirement for requirement in cls.requires if not requirement.installed()]
+    missing = [requirement.of(cls) for requirement in cls.requires if not requirement.installed()]
     if missing:
         hints = " and ".join(dict.fromkeys(requirement.install_hint() for requirement in missing))
         raise InvalidConfigError(

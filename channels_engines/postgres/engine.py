@@ -17,7 +17,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,7 @@ from channels.exceptions import ChannelFull
 
 from .._version import __version__
 from ..contract import BaseChannelEngine, EngineConfig, SettingWarning
-from ..exceptions import ChannelLayerClosed
+from ..exceptions import ChannelLayerClosed, ServerUnavailableError
 from ..hooks import ConnectionsChanged, ListenerLost, ListenerRecovered
 from ..loops import closing
 from ..mailbox import Mailbox
@@ -163,9 +163,10 @@ class PostgresEngine(BaseChannelEngine):
 
     async def send(self, channel: str, message: bytes) -> None:
         queue = non_local_name(channel)
-        accepted = await self._writer.send(
-            queue, channel, self._identifier(queue), self.config.capacity_for(channel), message
-        )
+        with self._reaching():
+            accepted = await self._writer.send(
+                queue, channel, self._identifier(queue), self.config.capacity_for(channel), message
+            )
         if not accepted:
             raise ChannelFull(channel)
 
@@ -174,7 +175,8 @@ class PostgresEngine(BaseChannelEngine):
         queue = non_local_name(channel)
         message = mailbox.take_nowait(channel)
         if message is None:
-            await self._watch(queue)
+            with self._reaching():
+                await self._watch(queue)
             if queue == channel:
                 # A normal channel is shared with other processes: claim only as many
                 # rows as there are receivers waiting here, once this one is counted.
@@ -188,27 +190,30 @@ class PostgresEngine(BaseChannelEngine):
     async def group_add(self, group: str, channel: str) -> None:
         queue = non_local_name(channel)
         expiry = self.config.group_expiry
-        joined = await self._writer.group_add(
-            group,
-            channel,
-            queue,
-            self._identifier(queue),
-            self.config.capacity_for(channel),
-            expiry,
-        )
+        with self._reaching():
+            joined = await self._writer.group_add(
+                group,
+                channel,
+                queue,
+                self._identifier(queue),
+                self.config.capacity_for(channel),
+                expiry,
+            )
         if self.owns(channel):
             # This process delivers its members' group messages from the group's stream.
             until = None if expiry is None else time.monotonic() + expiry
             self.shared.inbox.join(group, channel, joined, until, self._stream_identifier(group))
 
     async def group_discard(self, group: str, channel: str) -> None:
-        await self._writer.group_discard(group, channel)
+        with self._reaching():
+            await self._writer.group_discard(group, channel)
         if self.owns(channel):
             self.shared.inbox.leave(group, [channel])
 
     async def group_send(self, group: str, message: bytes) -> int:
         stream = self._stream_identifier(group)
-        queues, accepted = await self._writer.group_send(group, stream, message)
+        with self._reaching():
+            queues, accepted = await self._writer.group_send(group, stream, message)
         if accepted < queues:
             self.events.count("group_send.dropped", queues - accepted)
             self._warn_dropped(
@@ -221,6 +226,10 @@ class PostgresEngine(BaseChannelEngine):
         return queues
 
     async def flush(self) -> None:
+        with self._reaching():
+            await self._flush()
+
+    async def _flush(self) -> None:
         from .deadlines import fetch, transaction
 
         statements = self.shared.statements
@@ -408,11 +417,23 @@ class PostgresEngine(BaseChannelEngine):
             await self._delivery.catch_up(conn)
 
     async def _connect_listener(self) -> AsyncConnection[tuple[Any, ...]]:
-        from .deadlines import within
+        import psycopg
 
-        conn = await self.shared.login.connect(
-            "listen", max(self._options["query_timeout"], self._options["heartbeat_timeout"])
-        )
+        from .connection import Failure, classify
+        from .deadlines import within
+        from .pool import ConnectFailed
+
+        timeout = max(self._options["query_timeout"], self._options["heartbeat_timeout"])
+        try:
+            conn = await self.shared.login.connect("listen", timeout)
+        except psycopg.OperationalError as exc:
+            if classify(exc) is not Failure.TRANSIENT:
+                raise
+            longer = "query_timeout" if timeout == self._options["query_timeout"] else None
+            setting = longer or "heartbeat_timeout"
+            raise ConnectFailed(
+                exc, target=self.shared.login.describe("listen"), seconds=timeout, setting=setting
+            ) from exc
         try:
             await within(
                 conn,
@@ -594,6 +615,22 @@ class PostgresEngine(BaseChannelEngine):
 
     # Connections -------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _reaching(self) -> Iterator[None]:
+        """Callers get :class:`ServerUnavailableError`, not a psycopg error, when no
+        connection could be made in time; the engine's parts keep psycopg's errors."""
+        try:
+            yield
+        except Exception as exc:
+            from .pool import ConnectFailed
+
+            if not isinstance(exc, ConnectFailed):
+                raise
+            raise ServerUnavailableError(
+                f"{self.config.where}: cannot reach the PostgreSQL server at {exc.target} "
+                f"within {exc.seconds:g} s (CONFIG[{exc.setting!r}]): {_first_line(exc)}"
+            ) from (exc.__cause__ or exc)
+
     @contextlib.asynccontextmanager
     async def _connection(
         self, timeout: float | None = None
@@ -744,3 +781,8 @@ class _Shared:
     def mailbox(self) -> Mailbox:
         """Messages claimed by this process and not yet received."""
         return self.inbox.mailbox
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -32,7 +32,7 @@ from psycopg.pq import TransactionStatus
 
 from .deadlines import answers_within
 
-__all__ = ["ConnectionPool", "IdleHandoff", "PoolClosed", "PoolTimeout"]
+__all__ = ["ConnectFailed", "ConnectionPool", "IdleHandoff", "PoolClosed", "PoolTimeout"]
 
 logger = logging.getLogger("channels_engines.postgres")
 
@@ -47,6 +47,21 @@ class PoolTimeout(psycopg.OperationalError):
 
 class PoolClosed(psycopg.OperationalError):
     """The pool was closed."""
+
+
+class ConnectFailed(psycopg.OperationalError):
+    """No connection could be opened to ``target`` within ``seconds``, and the failures
+    said nothing against the settings or the login: the server is down, unreachable or
+    refusing connections for now. Raised from the last failure, with its message, so that
+    the engine's own code still sees a psycopg error; the engine turns it into
+    :class:`~channels_engines.ServerUnavailableError` for its callers."""
+
+    def __init__(self, cause: BaseException, *, target: str, seconds: float, setting: str):
+        super().__init__(str(cause))
+        self.target = target
+        self.seconds = seconds
+        #: The setting that bounds the wait, for messages.
+        self.setting = setting
 
 
 @dataclass
@@ -338,8 +353,12 @@ class ConnectionPool:
             except Exception as exc:
                 self.stats["connection_errors"] += 1
                 remaining = deadline - time.monotonic()
-                if remaining <= delay or not _retryable(exc):
+                if not _retryable(exc):
                     raise
+                if remaining <= delay:
+                    raise ConnectFailed(
+                        exc, target=self._describe, seconds=self._timeout, setting="pool_timeout"
+                    ) from exc
                 logger.debug("Connecting to %s failed (%s); retrying.", self._describe, exc)
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311
                 delay = min(delay * 2, 1.0)

@@ -107,6 +107,7 @@ class Command(BaseCommand):
                     "description": info.description,
                     "missing": [r.install_hint() for r in info.missing],
                     "error": info.error,
+                    "problems": list(info.problems),
                     "used_by": used.get(("engine", info.name), []),
                 }
                 for info in available_engines()
@@ -483,6 +484,8 @@ def _plugins(
 def _status(row: Mapping[str, Any]) -> str:
     if row["error"]:
         return f"error: {row['error']}"
+    if row.get("problems"):
+        return "error: breaks the engine contract: " + "; ".join(row["problems"])
     if row["missing"]:
         return "needs: " + "; ".join(row["missing"])
     return "available"
