@@ -14,7 +14,14 @@ from django.core.management.base import CommandError
 from django.test import override_settings
 from psycopg.conninfo import conninfo_to_dict as psycopg_conninfo
 
-from channels_engines import register_engine, unregister_engine
+from channels_engines import (
+    Hook,
+    Requirement,
+    register_engine,
+    register_hook,
+    unregister_engine,
+    unregister_hook,
+)
 from channels_engines.memory import MemoryEngine
 from channels_engines.postgres.__main__ import main as postgres_main
 from channels_engines.postgres.inspection import vacuum_warnings
@@ -481,3 +488,21 @@ def test_list_shows_an_engine_that_breaks_the_contract_as_an_error() -> None:
     line = next(line for line in text.splitlines() if line.startswith("ce_flawed "))
     assert f" error: breaks the engine contract: {problem} " in line
     assert {row["name"]: row for row in found["engines"]}["memory"]["problems"] == []
+
+
+class NeedsTurboHook(Hook):
+    """A third party's hook whose extra belongs to its own package."""
+
+    requires = (Requirement("turbo_not_installed", "turbo-not-installed", "turbo"),)
+
+
+def test_list_names_the_right_package_for_a_third_party_hooks_extra() -> None:
+    register_hook("needs_turbo", NeedsTurboHook)
+    try:
+        found = json.loads(command("list", "--json"))
+    finally:
+        unregister_hook("needs_turbo")
+    (row,) = [row for row in found["hooks"] if row["name"] == "needs_turbo"]
+    # tests/ belongs to no installed distribution: the extra cannot be named, so the
+    # hint installs the package itself, never channels-engines[turbo].
+    assert row["missing"] == ["pip install 'turbo-not-installed'"]

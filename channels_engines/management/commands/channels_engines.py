@@ -476,7 +476,8 @@ def _plugins(
             doc = (cls.__doc__ or "").strip().splitlines()
             row["description"] = getattr(cls, "description", "") or (doc[0] if doc else "")
             requires = getattr(cls, "requires", ())
-            row["missing"] = [r.install_hint() for r in requires if not r.installed()]
+            # As declared by the class: a third party's extra names its own package.
+            row["missing"] = [r.of(cls).install_hint() for r in requires if not r.installed()]
         rows.append(row)
     return rows
 
