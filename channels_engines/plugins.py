@@ -163,14 +163,18 @@ class Registry(Generic[T]):
                     found[name] = _entry_point_entry(name, points[0])
             return [found[name] for name in sorted(found)]
 
-    def load(self, value: Any, *, where: str, check: bool = True) -> type[T]:
+    def load(
+        self, value: Any, *, where: str, check: bool = True, setting: str | None = None
+    ) -> type[T]:
         """Resolve a registered name, an entry-point name or a dotted path to a class.
 
         With ``check`` (the default) a class that breaks its contract is refused; tooling
         that lists what is wrong passes False and asks :meth:`problems` itself.
+        ``setting`` names where a hidden value came from, when not the registry's setting
+        itself (a key inside it).
         """
         if isinstance(value, Secret):
-            return self._load_hidden(value, where=where, check=check)
+            return self._load_hidden(value, where=where, check=check, setting=setting)
         if isinstance(value, type):
             return self._checked(value, value, where=where, check=check)
         if not isinstance(value, str) or not value:
@@ -214,7 +218,9 @@ class Registry(Generic[T]):
                 self._loaded[value] = checked
         return self._checked(checked, value, where=where, check=check)
 
-    def _load_hidden(self, value: Secret, *, where: str, check: bool) -> type[T]:
+    def _load_hidden(
+        self, value: Secret, *, where: str, check: bool, setting: str | None
+    ) -> type[T]:
         """A value from a secret setting: used, and shown, only if it names a registered
         or published class or imports as a dotted path. Anything else may be a password
         put in the wrong place, so the message says what it is without repeating it, and
@@ -226,7 +232,8 @@ class Registry(Generic[T]):
         hint = closest(value.reveal(), self.names())
         suggestion = f" Did you mean {hint!r}?" if hint else ""
         raise self._error(
-            f"{where}: {self.setting} is a plain string (hidden) that names no {self.kind}: "
+            f"{where}: {setting or self.setting} is a plain string (hidden) that names no "
+            f"{self.kind}: "
             f"not a registered name, nor the dotted path of a class that can be imported."
             f"{suggestion} {self.setting} must be {self.takes}. Available {self.kind}s: "
             f"{self._available()}.{self._hidden_hint}"

@@ -270,6 +270,20 @@ def test_a_plain_string_in_a_layers_config_is_described_never_shown(
     assert "Secret(" not in str(raised.value)
 
 
+def test_a_hidden_provider_name_in_the_dict_form_is_named_as_that_key() -> None:
+    with pytest.raises(InvalidConfigError) as raised:
+        EngineChannelLayer(
+            ENGINE="postgres",
+            dsn="postgresql://127.0.0.1:1/x",
+            credentials={"provider": "hunter2", "user": "app"},
+        )
+    assert str(raised.value).startswith(
+        "EngineChannelLayer: CONFIG['credentials']['provider'] is a plain string (hidden) "
+        "that names no credential provider: "
+    )
+    assert "hunter2" not in str(raised.value)
+
+
 def test_a_provider_name_or_path_in_a_layers_config_is_used() -> None:
     for value in ("env", "channels_engines.credentials.builtin.EnvProvider"):
         layer = EngineChannelLayer(

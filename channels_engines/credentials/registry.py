@@ -84,7 +84,9 @@ def resolve_provider(value: Any, *, where: str) -> CredentialProvider:
     # Opaque (error trackers record the local variables of a raising frame, walking
     # dicts): the options may hold a password or a token.
     options = HiddenSettings()
+    setting = None
     if isinstance(value, (Mapping, HiddenSettings)):
+        setting = "CONFIG['credentials']['provider']"
         options = HiddenSettings(value)
         value = options.get("provider")
         if value is None:
@@ -99,7 +101,7 @@ def resolve_provider(value: Any, *, where: str) -> CredentialProvider:
             f"{where}: CONFIG['credentials'] must be a provider name, a dotted path, a "
             f"CredentialProvider instance or a dict with 'provider', not {type(value).__name__}."
         )
-    cls = credential_providers.load(value, where=where)
+    cls = credential_providers.load(value, where=where, setting=setting)
     name = plain(value) if isinstance(value, (str, Secret)) else cls.__qualname__
     missing = [requirement.of(cls) for requirement in cls.requires if not requirement.installed()]
     if missing:
