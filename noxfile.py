@@ -89,7 +89,9 @@ def test(session: nox.Session) -> None:
     and Playwright come with the ``test`` group) are marked ``e2e``, not ``postgres``: they
     run once, against the first server.
     """
-    _install(session, "-e", ".[postgres,embedded,aws,vault,prometheus,otel]", "--group", "test")
+    _install(
+        session, "-e", ".[postgres,embedded,aws,vault,prometheus,otel,redis]", "--group", "test"
+    )
     failed = []
     try:
         session.run("pytest", *session.posargs)
@@ -134,7 +136,7 @@ def tests(session: nox.Session, django: str, channels: str) -> None:
     _install(
         session,
         "-e",
-        ".[postgres,embedded,aws,vault,prometheus,otel]",
+        ".[postgres,embedded,aws,vault,prometheus,otel,redis]",
         "--group",
         "test",
         f"Django~={django}.0",
@@ -156,7 +158,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """Check types with mypy (strict; configured in pyproject.toml)."""
-    _install(session, "-e", ".[postgres,prometheus,otel]", "--group", "typecheck")
+    _install(session, "-e", ".[postgres,prometheus,otel,redis]", "--group", "typecheck")
     session.run("mypy", *session.posargs)
 
 

@@ -35,6 +35,7 @@ engines: Registry[BaseChannelEngine] = Registry(
 )
 engines.register("memory", "channels_engines.memory.MemoryEngine", origin="built in")
 engines.register("postgres", "channels_engines.postgres.PostgresEngine", origin="built in")
+engines.register("redis", "channels_engines.redis.RedisEngine", origin="built in")
 
 
 def register_engine(name: str, engine: type[BaseChannelEngine] | str) -> None:

@@ -41,8 +41,8 @@ def test_an_unknown_engine_is_e001_with_the_closest_name() -> None:
         (
             "channels_engines.E001",
             "CHANNEL_LAYERS['default']: unknown ENGINE 'postgress'. Did you mean 'postgres'? "
-            "Available engines: 'memory', 'postgres'. ENGINE takes a registered name or the "
-            "dotted path of a channels_engines.BaseChannelEngine subclass.",
+            "Available engines: 'memory', 'postgres', 'redis'. ENGINE takes a registered name "
+            "or the dotted path of a channels_engines.BaseChannelEngine subclass.",
             None,
         )
     ]

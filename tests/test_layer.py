@@ -199,7 +199,7 @@ def test_unknown_engine_names_the_alias_and_suggests() -> None:
     assert isinstance(error, InvalidEngineError)
     assert str(error) == (
         f"{WHERE}: unknown ENGINE 'postgress'. Did you mean 'postgres'? Available engines: "
-        "'memory', 'postgres'. ENGINE takes a registered name or the dotted path of a "
+        "'memory', 'postgres', 'redis'. ENGINE takes a registered name or the dotted path of a "
         "channels_engines.BaseChannelEngine subclass."
     )
 
@@ -315,7 +315,7 @@ def test_missing_engine_names_the_alias() -> None:
     assert isinstance(error, InvalidEngineError)
     assert str(error) == (
         f"{WHERE}: no ENGINE given. Name one in CONFIG (or next to CONFIG with "
-        "'channels_engines' in INSTALLED_APPS); available engines: 'memory', 'postgres'."
+        "'channels_engines' in INSTALLED_APPS); available engines: 'memory', 'postgres', 'redis'."
     )
 
 

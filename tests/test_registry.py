@@ -29,7 +29,7 @@ from channels_engines.engine_registry import engines
 from channels_engines.memory import MemoryEngine
 
 WHERE = "CHANNEL_LAYERS['default']"
-BUILT_IN = "'memory', 'postgres'"
+BUILT_IN = "'memory', 'postgres', 'redis'"
 
 
 class FirstEngine(MemoryEngine):
@@ -309,7 +309,7 @@ def test_unregistering_a_name_that_is_not_registered_says_what_is() -> None:
         unregister_engine("nothing_here")
     assert str(caught.value) == (
         "engine name 'nothing_here' is not registered. Registered in code or built in: "
-        "'memory', 'postgres'."
+        "'memory', 'postgres', 'redis'."
     )
 
 

@@ -1,0 +1,106 @@
+"""Every round trip of the redis engine: scripts by SHA, deadlines, and what may be retried.
+
+Scripts run with EVALSHA; a server that does not know one (restarted, failed over,
+``SCRIPT FLUSH``) answers NOSCRIPT, and the scripts are loaded and the call made again.
+Each connection has the layer's ``query_timeout`` as its socket timeout, so no answer is
+awaited longer; redis-py retries nothing by itself (see :class:`.connection.Login`).
+Calls that may be repeated (every script but a claim) are repeated on a fresh connection
+with back-off until ``pool_timeout`` has passed; then the caller gets
+:class:`~channels_engines.ServerUnavailableError`, with the client's error chained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from ..exceptions import ServerUnavailableError
+from .keys import SCRIPTS, Script
+
+__all__ = ["call", "is_connection_error", "load_scripts", "run_script", "unavailable"]
+
+T = TypeVar("T")
+
+# Back-off between attempts (seconds): doubling, with jitter.
+_RETRY_FIRST = 0.02
+_RETRY_MAX = 0.5
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` means the connection (or the server) failed, not the command."""
+    from redis.exceptions import ConnectionError, TimeoutError
+
+    return isinstance(exc, (ConnectionError, TimeoutError, OSError))
+
+
+def is_noscript(exc: BaseException) -> bool:
+    from redis.exceptions import NoScriptError
+
+    return isinstance(exc, NoScriptError)
+
+
+async def load_scripts(client: Any) -> None:
+    """Load every script of the engine (after a NOSCRIPT answer)."""
+    pipe = client.pipeline(transaction=False)
+    for script in SCRIPTS:
+        pipe.script_load(script.source)
+    await pipe.execute()
+
+
+async def run_script(client: Any, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    """One script call, loading the scripts once if the server does not know them."""
+    try:
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
+    except Exception as exc:
+        if not is_noscript(exc):
+            raise
+    await load_scripts(client)
+    return await client.evalsha(script.sha, len(keys), *keys, *args)
+
+
+async def call(
+    work: Callable[[], Awaitable[T]],
+    *,
+    deadline: float,
+    what: str,
+    where: str,
+    refused: Callable[[], bool] | None = None,
+) -> T:
+    """Run ``work`` (a call that may be repeated), again after connection failures until
+    ``deadline`` seconds have passed. A refused login is tried once more if ``refused()``
+    (told of it) has new credentials to try, else raised as it is."""
+    from redis.exceptions import AuthenticationError
+
+    until = time.monotonic() + deadline
+    pause = _RETRY_FIRST
+    login_retried = False
+    while True:
+        try:
+            return await work()
+        except Exception as exc:
+            if isinstance(exc, AuthenticationError):
+                if login_retried or refused is None or not refused():
+                    raise
+                login_retried = True
+                continue
+            if not is_connection_error(exc):
+                raise
+            left = until - time.monotonic()
+            if left <= 0:
+                raise unavailable(exc, what=what, where=where, seconds=deadline) from exc
+            await asyncio.sleep(min(left, pause * random.uniform(0.5, 1.0)))  # noqa: S311
+            pause = min(pause * 2, _RETRY_MAX)
+
+
+def unavailable(
+    error: BaseException, *, what: str, where: str, seconds: float
+) -> ServerUnavailableError:
+    """The error callers get when the server stayed out of reach for ``seconds``."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ServerUnavailableError(
+        f"{where}: {what} failed: the Redis server did not answer within {seconds:g} s "
+        f"(CONFIG['pool_timeout']): {reason}"
+    )

@@ -1,0 +1,184 @@
+"""Where the engine connects and as whom: the :class:`Login`.
+
+The target comes from ``url``. The login comes from a credential provider when
+``credentials`` is set, or from the URL's user and password otherwise; either way
+redis-py asks for it through :class:`_AskLogin` at every new connection, so a password
+or a token can rotate while the layer runs, and redis-py never holds it between
+connections.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from ..credentials import CredentialCache, Credentials, resolve_provider
+from ..events import Events
+from ..exceptions import InvalidConfigError
+from ..hooks import CredentialsChanged, CredentialsRefreshFailed
+from ..redaction import HiddenSettings, Secret, plain
+
+__all__ = ["Login"]
+
+logger = logging.getLogger("channels_engines.redis")
+
+#: The name of the layer's connections in ``CLIENT LIST``.
+CLIENT_NAME = "channels_engines"
+_SCHEMES = ("redis", "rediss", "unix")
+
+
+class Login:
+    """Where and as whom one layer connects, for every event loop of a process."""
+
+    def __init__(self, options: Mapping[str, Any] | HiddenSettings, where: str) -> None:
+        settings = HiddenSettings(options)
+        del options
+        self._where = where
+        target = _parse_url(settings["url"])
+        if target is None:
+            raise InvalidConfigError(
+                f"{where}: CONFIG['url'] is not a redis://, rediss:// or unix:// URL without "
+                "query parameters (the value is not shown: it may hold a password)."
+            )
+        self._target, user, password = target
+        self._fixed: Credentials | None = None
+        self.credentials: CredentialCache | None = None
+        if settings.get("credentials") is not None:
+            if password is not None:
+                raise InvalidConfigError(
+                    f"{where}: CONFIG sets both a password (in 'url') and 'credentials'. "
+                    "Give the password in 'url' for a fixed login, or name a credential "
+                    "provider in 'credentials' for one that can change, not both."
+                )
+            provider = resolve_provider(settings["credentials"], where=where)
+            self.credentials = CredentialCache(provider, describe=repr(provider))
+        elif password is not None or user is not None:
+            self._fixed = Credentials(user=user, password=password)
+
+    def describe(self) -> str:
+        """Where connections go, for messages: never includes a password."""
+        target = self._target
+        if "path" in target:
+            return f"unix://{target['path']}"
+        scheme = "rediss" if target.get("ssl") else "redis"
+        return f"{scheme}://{target['host']}:{target['port']}/{target['db']}"
+
+    def client(self, *, connections: int, wait: float, timeout: float | None) -> Any:
+        """A ``redis.asyncio.Redis`` with at most ``connections`` connections, which waits
+        up to ``wait`` seconds for a free one, and ``timeout`` seconds for an answer
+        (None: as long as it takes, for the pub/sub connection)."""
+        import redis.asyncio
+        from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        target = dict(self._target)
+        if target.pop("ssl", False):
+            target["connection_class"] = SSLConnection
+        elif "path" in target:
+            target["connection_class"] = UnixDomainSocketConnection
+        pool = redis.asyncio.BlockingConnectionPool(
+            max_connections=connections,
+            timeout=wait,
+            socket_timeout=timeout,
+            socket_connect_timeout=min(wait, 10.0),
+            socket_keepalive=True,
+            client_name=CLIENT_NAME,
+            # RESP2: pub/sub messages are plain replies on the listener's connection,
+            # read by the engine itself (see :mod:`.listener`).
+            protocol=2,
+            # The engine decides what may be sent again: a claim whose answer was lost
+            # must not be repeated blindly, nor a send without its sequence number.
+            retry=Retry(NoBackoff(), 0),
+            credential_provider=_AskLogin(self) if self.logs_in else None,
+            **target,
+        )
+        return redis.asyncio.Redis(connection_pool=pool)
+
+    @property
+    def logs_in(self) -> bool:
+        return self.credentials is not None or self._fixed is not None
+
+    async def current(self) -> Credentials:
+        """The credentials a new connection logs in with."""
+        if self.credentials is not None:
+            return await self.credentials.get()
+        assert self._fixed is not None
+        return self._fixed
+
+    def refused(self) -> bool:
+        """The server refused the current credentials: drop them (if they came from a
+        provider) so that the next connection asks afresh. True if there is anything new
+        to try."""
+        if self.credentials is None:
+            return False
+        return self.credentials.invalidate(self.credentials.current)
+
+    async def refresh_ahead(self) -> None:
+        """Refresh ahead of expiry even when no connection is being opened."""
+        cache = self.credentials
+        if cache is None or not cache.needs_refresh():
+            return
+        try:
+            await cache.get()
+        except Exception as exc:  # the next call tries again; the cache logs once
+            logger.debug("Credential refresh failed (%s); will retry.", exc)
+
+    def report_to(self, events: Events) -> None:
+        """Tell the layer's hooks when the credentials change or cannot be refreshed."""
+        cache = self.credentials
+        if cache is None:
+            return
+        provider = cache.describe
+        cache.on_changed = lambda: events.emit(CredentialsChanged, provider=provider)
+        cache.on_failed = lambda reason: events.emit(
+            CredentialsRefreshFailed, provider=provider, reason=reason
+        )
+
+
+class _AskLogin:
+    """redis-py's credential provider protocol, answered from the :class:`Login`."""
+
+    def __init__(self, login: Login) -> None:
+        self._login = login
+
+    def get_credentials(self) -> tuple[str, ...]:
+        raise RuntimeError("the redis engine connects only with redis.asyncio")
+
+    async def get_credentials_async(self) -> tuple[str, ...]:
+        credentials = await self._login.current()
+        if credentials.password is None:
+            raise InvalidConfigError("the credential provider gave no password or token")
+        # Revealed inside the expression that hands it over: never a local variable.
+        if credentials.user:
+            return (credentials.user, credentials.password.reveal())
+        return (credentials.password.reveal(),)
+
+
+def _parse_url(url: Any) -> tuple[dict[str, Any], str | None, Secret | None] | None:
+    """The connection keywords of ``url`` without its login, the user, and the password as
+    a :class:`Secret`; None when it does not parse. Never raises: the parser's frames
+    would hold the URL, password included."""
+    try:
+        parts = urlsplit(plain(url))
+        if parts.scheme not in _SCHEMES or parts.query or parts.fragment:
+            return None
+        target: dict[str, Any] = {}
+        if parts.scheme == "unix":
+            if not parts.path:
+                return None
+            target["path"] = unquote(parts.path)
+        else:
+            target["host"] = unquote(parts.hostname or "127.0.0.1")
+            target["port"] = parts.port or 6379
+            path = parts.path.strip("/")
+            target["db"] = int(path) if path else 0
+            if parts.scheme == "rediss":
+                target["ssl"] = True
+        user = unquote(parts.username) if parts.username else None
+        password = Secret(unquote(parts.password)) if parts.password else None
+        return target, user, password
+    except Exception:
+        return None

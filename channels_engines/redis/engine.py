@@ -1,0 +1,474 @@
+"""The Redis engine: a stream per queue, pub/sub to tell the right process.
+
+The engine adapts the channel layer contract to its parts, one set per event loop: a
+small bounded pool of command connections, a :class:`~.sending.Writer` that pipelines
+what this loop stores, a :class:`~.delivery.Delivery` that takes messages (from
+announcements, reads and claims) into the :class:`~.delivery.Inbox` the process shares,
+one pub/sub connection (:class:`~.listener.Listener`) once something is received, and
+the periodic :class:`~.maintenance.Maintenance`. Each message is a stream entry (see
+:mod:`.keys`); its announcement names the receiving process's queue, or wakes the
+receivers of a normal channel, and the sender's id and sequence number keep it to one
+entry however often a send is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from channels.exceptions import ChannelFull
+
+from .._version import __version__
+from ..contract import BaseChannelEngine, EngineConfig
+from ..exceptions import ChannelLayerClosed
+from ..hooks import ListenerLost, ListenerRecovered
+from ..requirements import Requirement
+from ..senders import Senders
+from ..validation import non_local_name
+from .options import OPTIONS
+
+__all__ = ["RedisEngine"]
+
+logger = logging.getLogger("channels_engines.redis")
+
+# Dropped-message warnings are repeated at most this often (seconds).
+_WARN_EVERY = 60.0
+# Keys deleted per UNLINK by flush().
+_FLUSH_BATCH = 500
+
+
+class RedisEngine(BaseChannelEngine):
+    """Channels over Redis streams, with pub/sub to wake the receiving process."""
+
+    name = "redis"
+    version = __version__
+    description = "Redis streams with pub/sub wake-ups (redis-py asyncio)."
+    extensions = ("groups", "flush")
+    requires = (Requirement("redis", "redis", "redis"),)
+    options = OPTIONS
+
+    shared: _Shared
+
+    @classmethod
+    def create_shared(cls, config: EngineConfig) -> _Shared:
+        from .connection import Login
+        from .delivery import Inbox
+        from .keys import Keys
+
+        options = config.options
+        return _Shared(
+            login=Login(options, config.where),
+            keys=Keys(options["prefix"]),
+            inbox=Inbox(),
+            senders=Senders(),
+        )
+
+    def __init__(self, config: EngineConfig, shared: Any, *, client_id: str) -> None:
+        super().__init__(config, shared, client_id=client_id)
+        from .delivery import Delivery
+        from .sending import Writer
+
+        options = self._options = config.options
+        self._client_obj: Any = None
+        self._listener: Any = None
+        self._maintenance: Any = None
+        self._watched: dict[str, str] = {}  # pub/sub channel -> queue
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self._last_drop_warning = 0.0
+        login = shared.login
+        self._writer = Writer(
+            client=self._client,
+            keys=shared.keys,
+            sender=shared.senders.lease(),
+            expiry=lambda: self.config.expiry,
+            deadline=options["pool_timeout"],
+            where=config.where,
+            refused=login.refused,
+        )
+        self._delivery = Delivery(
+            inbox=shared.inbox,
+            keys=shared.keys,
+            client=self._client,
+            consumer=client_id,
+            capacity_for=lambda queue: self.config.capacity_for(queue),
+            events=lambda: self.events,
+            deadline=options["pool_timeout"],
+            where=config.where,
+            refused=login.refused,
+        )
+        self._message_keys: tuple[bytes, ...] = ()
+
+    @property
+    def message_keys(self) -> tuple[bytes, ...]:
+        """Keys of the layer's notes: with them, messages for process-specific channels
+        ride in their announcement (see :mod:`.notes`)."""
+        return self._message_keys
+
+    @message_keys.setter
+    def message_keys(self, keys: Iterable[bytes]) -> None:
+        from .notes import Notary
+
+        self._message_keys = tuple(keys)
+        notary = Notary(self._message_keys) if self._message_keys else None
+        self._writer.notary = notary
+        self._delivery.notary = notary
+
+    # Channel layer operations ------------------------------------------------------
+
+    async def send(self, channel: str, message: bytes) -> None:
+        from .sending import Store
+
+        queue = non_local_name(channel)
+        local = channel[len(queue) :]
+        item = Store(queue, local, self.config.capacity_for(channel), message)
+        (stored,) = await self._writer.store([item])
+        if not stored:
+            raise ChannelFull(channel)
+
+    async def receive(self, channel: str) -> bytes:
+        mailbox = self.shared.inbox.mailbox
+        queue = non_local_name(channel)
+        message = mailbox.take_nowait(channel)
+        if message is None:
+            await self._watch(queue)
+            if queue == channel:
+                # A normal channel is shared with other processes: claim only as many
+                # messages as there are receivers waiting here, once this one is counted.
+                self._claim_soon(queue)
+            message = await mailbox.get(channel)
+        if self._delivery.room_again(queue):
+            # The mailbox had been full: take what was left in the stream.
+            self._read_soon(queue)
+        return message  # type: ignore[no-any-return]
+
+    async def group_add(self, group: str, channel: str) -> None:
+        from .calls import call, run_script
+        from .keys import JOIN
+
+        expiry = self.config.group_expiry
+        key = self.shared.keys.group(group)
+        client = await self._client()
+        await self._call(
+            lambda: run_script(client, JOIN, [key], [channel, "" if expiry is None else expiry]),
+            "group_add()",
+            call,
+        )
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        from .calls import call
+
+        key = self.shared.keys.group(group)
+        client = await self._client()
+        await self._call(lambda: client.zrem(key, channel), "group_discard()", call)
+
+    async def group_send(self, group: str, message: bytes) -> int:
+        from .calls import call, run_script
+        from .keys import MEMBERS
+        from .sending import Store
+
+        key = self.shared.keys.group(group)
+        client = await self._client()
+        members = await self._call(
+            lambda: run_script(client, MEMBERS, [key], []), "group_send()", call
+        )
+        # One entry per receiving queue: a process's channels share one.
+        queues: dict[str, list[str]] = {}
+        for raw in members:
+            channel = raw.decode()
+            queue = non_local_name(channel)
+            queues.setdefault(queue, []).append(channel[len(queue) :])
+        items = [
+            Store(queue, ",".join(locals_), self.config.capacity_for(queue), message)
+            for queue, locals_ in queues.items()
+        ]
+        if not items:
+            return 0
+        stored = await self._writer.store(items)
+        missed = len(items) - sum(stored)
+        if missed:
+            self.events.count("group_send.dropped", missed)
+            self._warn_dropped(group, missed, len(items))
+        return len(items)
+
+    async def flush(self) -> None:
+        from .calls import call
+
+        keys = self.shared.keys
+        client = await self._client()
+
+        async def flush() -> None:
+            batch: list[Any] = []
+            async for key in client.scan_iter(match=keys.pattern, count=1000):
+                batch.append(key)
+                if len(batch) >= _FLUSH_BATCH:
+                    await client.unlink(*batch)
+                    batch = []
+            if batch:
+                await client.unlink(*batch)
+            await client.publish(keys.flush, b"")
+
+        await self._call(flush, "flush()", call)
+        self.shared.inbox.clear()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # Receivers waiting here would wait for a listener that no longer exists.
+        self.shared.inbox.mailbox.interrupt(
+            asyncio.get_running_loop(),
+            ChannelLayerClosed("the channel layer was closed while receive() waited"),
+        )
+        await self._writer.close()
+        self.shared.senders.give_back(self._writer.sender)
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
+        if self._client_obj is not None:
+            with contextlib.suppress(Exception):
+                await self._delivery.forget()
+        if self._maintenance is not None:
+            await self._maintenance.stop()
+            self._maintenance = None
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        client, self._client_obj = self._client_obj, None
+        if client is not None:
+            await client.aclose(close_connection_pool=True)
+
+    # Inspection --------------------------------------------------------------------
+
+    @property
+    def listener(self) -> Any:
+        """This loop's pub/sub connection, once something was received."""
+        return self._listener
+
+    @property
+    def writer(self) -> Any:
+        """What stores this loop's messages."""
+        return self._writer
+
+    @property
+    def delivery(self) -> Any:
+        """What takes this loop's messages into the mailbox."""
+        return self._delivery
+
+    # Receiving ---------------------------------------------------------------------
+
+    async def _watch(self, queue: str) -> None:
+        """Make sure this loop's listener hears of ``queue``; start it on first use."""
+        listener = self._listener
+        if listener is None or listener.failed:
+            listener = self._start_listener()
+        keys = self.shared.keys
+        channel = keys.note(queue) if queue.endswith("!") else keys.wake(queue)
+        if channel not in self._watched:
+            self._watched[channel] = queue
+            listener.watch([channel])
+        try:
+            await listener.ready()
+        except BaseException:
+            if listener.failed and self._listener is listener:
+                self._listener = None
+                self._watched.clear()
+            raise
+
+    def _start_listener(self) -> Any:
+        from .listener import Listener
+
+        options = self._options
+        login = self.shared.login
+        self._listener = Listener(
+            connect=self._connect_listener,
+            on_message=self._on_message,
+            on_subscribed=self._on_subscribed,
+            on_lost=lambda reason: self.events.emit(ListenerLost, reason=reason),
+            on_back=lambda away: self.events.emit(
+                ListenerRecovered, away=away, may_have_missed=False
+            ),
+            heartbeat=options["heartbeat_interval"],
+            heartbeat_timeout=options["heartbeat_timeout"],
+            describe=login.describe(),
+        )
+        self._listener.watch([self.shared.keys.flush, *self._watched])
+        self._listener.start()
+        return self._listener
+
+    async def _connect_listener(self) -> Any:
+        """A connection of its own (not from the pool), logged in like the others."""
+        from .calls import call
+
+        client = await self._client()
+
+        async def connect() -> Any:
+            conn = client.connection_pool.make_connection()
+            try:
+                await conn.connect()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await conn.disconnect(nowait=True)
+                raise
+            return conn
+
+        return await self._call(connect, "receive()", call)
+
+    def _on_message(self, channel: str, data: bytes) -> None:
+        if channel == self.shared.keys.flush:
+            # Another process flushed: what this one took before is gone, and what was
+            # sent since is read again from each stream's start.
+            self.shared.inbox.clear()
+            self._on_subscribed(list(self._watched))
+            return
+        queue = self._watched.get(channel)
+        if queue is None:
+            return
+        if queue.endswith("!"):
+            if self._delivery.announced(queue, data):
+                self._read_soon(queue)
+        else:
+            self._claim_soon(queue)
+
+    def _on_subscribed(self, channels: Iterable[str]) -> None:
+        """Read (or claim) what arrived before these subscriptions were confirmed."""
+        for channel in channels:
+            queue = self._watched.get(channel)
+            if queue is None:
+                continue
+            if queue.endswith("!"):
+                self._read_soon(queue)
+            else:
+                self._claim_soon(queue)
+
+    def _read_soon(self, queue: str) -> None:
+        """Read ``queue``'s stream in the background (or make the running read repeat).
+
+        The queue is marked as being read at once, not when the task first runs: from
+        here on its announcements wait for the read, so none can overtake an entry the
+        read will take."""
+        inbox = self.shared.inbox
+        if not self._closed and inbox.start(inbox.reading, inbox.read_again, queue):
+            self._spawn_marked(self._delivery.read(queue), inbox.reading, queue)
+
+    def _claim_soon(self, queue: str) -> None:
+        inbox = self.shared.inbox
+        if not self._closed and inbox.start(inbox.claiming, inbox.claim_again, queue):
+            self._spawn_marked(self._delivery.claim(queue), inbox.claiming, queue)
+
+    def _spawn_marked(self, work: Coroutine[Any, Any, Any], marks: set[str], queue: str) -> None:
+        """Run ``work``, which ends the mark it was started under; if the task is
+        cancelled before ``work`` ever runs (its loop closing), the mark ends here."""
+        started = False
+
+        async def run() -> None:
+            nonlocal started
+            started = True
+            await work
+
+        def never_ran(_task: asyncio.Task[Any]) -> None:
+            if not started:
+                work.close()
+                with self.shared.inbox.lock:
+                    marks.discard(queue)
+
+        self._spawn(run()).add_done_callback(never_ran)
+
+    # Maintenance -------------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        """Safety reads and claims (in case an announcement was lost), expiry, deletion
+        of what was taken, credentials."""
+        inbox = self.shared.inbox
+        if self._listener is not None and not self._listener.failed:
+            waiting = inbox.mailbox.waiting()
+            for channel, queue in list(self._watched.items()):
+                if queue.endswith("!"):
+                    self._read_soon(queue)
+                elif waiting.get(queue):
+                    self._claim_soon(queue)
+                else:
+                    # Nobody here receives on it now: stop hearing of its messages.
+                    del self._watched[channel]
+                    self._listener.unwatch([channel])
+        inbox.mailbox.expire()
+        await self._delivery.forget()
+        await self.shared.login.refresh_ahead()
+
+    # Connections -------------------------------------------------------------------
+
+    async def _client(self) -> Any:
+        """This loop's client, made on first use (with the maintenance it needs)."""
+        if self._client_obj is None:
+            if self._closed:
+                raise RuntimeError("this channel layer engine was closed")
+            from .maintenance import Maintenance
+
+            options = self._options
+            self._client_obj = self.shared.login.client(
+                connections=options["pool_max_size"],
+                wait=options["pool_timeout"],
+                timeout=options["query_timeout"],
+            )
+            self.shared.login.report_to(self.events)
+            self._maintenance = Maintenance(
+                interval=options["sweep_interval"], housekeeping=self._housekeeping
+            )
+            self._maintenance.start()
+        return self._client_obj
+
+    async def _call(self, work: Any, what: str, call: Any) -> Any:
+        return await call(
+            work,
+            deadline=self._options["pool_timeout"],
+            what=what,
+            where=self.config.where,
+            refused=self.shared.login.refused,
+        )
+
+    # Helpers -----------------------------------------------------------------------
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and not self._closed:
+            logger.warning("Background work of the redis engine failed: %s", task.exception())
+
+    def _warn_dropped(self, group: str, missed: int, queues: int) -> None:
+        now = time.monotonic()
+        message = (
+            "group_send to %r: %d of %d receiving queues were at capacity and missed the message."
+        )
+        if now - self._last_drop_warning >= _WARN_EVERY:
+            self._last_drop_warning = now
+            logger.warning(message, group, missed, queues)
+        else:
+            logger.debug(message, group, missed, queues)
+
+
+@dataclass
+class _Shared:
+    """What every event loop's engine of one layer shares in a process."""
+
+    login: Any
+    keys: Any
+    inbox: Any
+    senders: Senders
+
+    @property
+    def mailbox(self) -> Any:
+        """Messages taken by this process and not yet received."""
+        return self.inbox.mailbox

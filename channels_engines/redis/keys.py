@@ -1,0 +1,210 @@
+"""Where the redis engine keeps its data, and the scripts that change it.
+
+Every name starts with the layer's ``prefix``. Keys that one script touches share a
+Redis Cluster hash tag (the part in braces), so each script runs on one node, and the
+tags spread the layer over the cluster: one per process, one per normal channel, one
+per group, never one for the whole deployment.
+
+``<prefix>:in:{<queue>}``
+    A stream per process queue: the messages of the process-specific channels that
+    share the part up to the '!' (one ``new_channel()`` prefix of one process, which
+    shares its capacity). An entry lists the local parts of the channels it is for, so
+    a group message to many channels of one process is one entry.
+``<prefix>:ch:{<channel>}``
+    A stream per normal channel, read through the consumer group ``readers``: a claim
+    moves entries into the claiming process's pending list, so a claim whose answer is
+    lost on a dying connection is read again from there, never lost or delivered twice.
+``<prefix>:in-seq:{<queue>}``, ``<prefix>:ch-seq:{<channel>}``
+    Per stream, the last sequence number each sender stored there: a send retried after
+    a lost answer is recognised and not stored twice.
+``<prefix>:group:{<group>}``
+    A sorted set of the group's members, scored by when each membership expires.
+
+Pub/sub (a channel reaches every node of a cluster): ``<prefix>:note:<queue>`` tells the
+process of a queue about each new entry, and carries the message itself when the layer
+can authenticate it (see :mod:`.notes`), so the process needs no read;
+``<prefix>:wake:<channel>`` tells the receivers of a normal channel to claim;
+``<prefix>:flush`` announces a flush.
+
+Entries carry ``s`` (sender), ``q`` (sequence number), ``x`` (expiry, server
+milliseconds), ``c`` (local parts, for process streams) and ``m`` (the message). Stream
+ids come from the server's clock, so entries past their expiry are trimmed by id
+(``XTRIM MINID``) before a full stream refuses a message; every stream expires as a key
+when nothing was added for its whole expiry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["GROUP", "SCRIPTS", "Keys", "Script"]
+
+#: The consumer group through which normal channels are claimed.
+GROUP = "readers"
+
+_NOW = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script, run with EVALSHA (and loaded on NOSCRIPT)."""
+
+    name: str
+    source: str
+
+    @property
+    def sha(self) -> str:
+        import hashlib
+
+        return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
+
+
+# KEYS: stream, sequence hash. ARGV: capacity, expiry ms, sender, seq, local parts ('' for
+# a normal channel), message, pub/sub channel, note ('' when the message does not ride
+# along), '1' to give a new stream the consumer group. Publishes "<id>|<now>|<note>".
+# Returns the entry id, '' for a retry of a message stored before, 0 when full.
+STORE = Script(
+    "store",
+    _NOW
+    + """
+local stream, seqs = KEYS[1], KEYS[2]
+local capacity, expiry = tonumber(ARGV[1]), tonumber(ARGV[2])
+local last = redis.call('HGET', seqs, ARGV[3])
+if last and tonumber(ARGV[4]) <= tonumber(last) then
+  return ''
+end
+local now = now_ms()
+if redis.call('XLEN', stream) >= capacity then
+  redis.call('XTRIM', stream, 'MINID', now - expiry)
+  if redis.call('XLEN', stream) >= capacity then
+    return 0
+  end
+end
+local id = redis.call('XADD', stream, '*', 's', ARGV[3], 'q', ARGV[4], 'x', now + expiry,
+  'c', ARGV[5], 'm', ARGV[6])
+if ARGV[9] == '1' and redis.call('XLEN', stream) == 1 then
+  redis.pcall('XGROUP', 'CREATE', stream, 'readers', '0')
+end
+redis.call('HSET', seqs, ARGV[3], ARGV[4])
+redis.call('PEXPIRE', stream, expiry + 1000)
+redis.call('PEXPIRE', seqs, expiry + 1000)
+redis.call('PUBLISH', ARGV[7], id .. '|' .. now .. '|' .. ARGV[8])
+return id
+""",
+)
+
+# KEYS: a process stream. ARGV: read after this id ('-' from the start), count.
+# Returns the server time and the entries.
+READ = Script(
+    "read",
+    _NOW
+    + """
+local start = ARGV[1]
+if start ~= '-' then start = '(' .. start end
+return {now_ms(), redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', ARGV[2])}
+""",
+)
+
+# KEYS: a process stream. ARGV: (id, sender, seq) triples of entries taken. An id from a
+# notification is deleted only if the entry there is the one the notification named.
+FORGET = Script(
+    "forget",
+    """
+local deleted = 0
+for i = 1, #ARGV, 3 do
+  local entry = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])[1]
+  if entry and entry[2][2] == ARGV[i + 1] and entry[2][4] == ARGV[i + 2] then
+    deleted = deleted + redis.call('XDEL', KEYS[1], ARGV[i])
+  end
+end
+return deleted
+""",
+)
+
+# KEYS: a normal channel's stream. ARGV: consumer, count, '>' for new entries or '0' for
+# those this consumer claimed before. Returns the server time and the entries.
+CLAIM = Script(
+    "claim",
+    _NOW
+    + """
+local now = now_ms()
+local ok, found = pcall(redis.call, 'XREADGROUP', 'GROUP', 'readers', ARGV[1],
+  'COUNT', ARGV[2], 'STREAMS', KEYS[1], ARGV[3])
+if not ok or not found then
+  return {now, {}}
+end
+return {now, found[1][2]}
+""",
+)
+
+# KEYS: a normal channel's stream. ARGV: ids this consumer took.
+SETTLE = Script(
+    "settle",
+    """
+redis.call('XACK', KEYS[1], 'readers', unpack(ARGV))
+return redis.call('XDEL', KEYS[1], unpack(ARGV))
+""",
+)
+
+# KEYS: a group. ARGV: channel, seconds the membership lasts ('' for ever).
+JOIN = Script(
+    "join",
+    _NOW
+    + """
+local score = '+inf'
+if ARGV[2] ~= '' then
+  score = now_ms() + math.floor(tonumber(ARGV[2]) * 1000)
+end
+redis.call('ZADD', KEYS[1], score, ARGV[1])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2]
+if last == 'inf' then
+  redis.call('PERSIST', KEYS[1])
+else
+  redis.call('PEXPIREAT', KEYS[1], last)
+end
+return 1
+""",
+)
+
+# KEYS: a group. Returns its members, after removing the expired ones.
+MEMBERS = Script(
+    "members",
+    _NOW
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms())
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+""",
+)
+
+SCRIPTS = (STORE, READ, FORGET, CLAIM, SETTLE, JOIN, MEMBERS)
+
+
+class Keys:
+    """The names of one layer's keys and pub/sub channels."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.flush = f"{prefix}:flush"
+        #: What ``flush()`` deletes (the prefix holds no glob character).
+        self.pattern = f"{prefix}:*"
+
+    def stream(self, queue: str) -> tuple[str, str]:
+        """The stream and sequence hash of a queue: a normal channel, or the part up to
+        the '!' that process-specific channels of one prefix share."""
+        kind = "in" if queue.endswith("!") else "ch"
+        return f"{self.prefix}:{kind}:{{{queue}}}", f"{self.prefix}:{kind}-seq:{{{queue}}}"
+
+    def group(self, name: str) -> str:
+        return f"{self.prefix}:group:{{{name}}}"
+
+    def note(self, queue: str) -> str:
+        """Where a process hears of the messages of one of its queues."""
+        return f"{self.prefix}:note:{queue}"
+
+    def wake(self, name: str) -> str:
+        return f"{self.prefix}:wake:{name}"

@@ -1,0 +1,91 @@
+"""The redis engine's CONFIG keys: importable without redis-py, so that settings can be
+checked and documented where the client is not installed."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ..credentials import CREDENTIALS_OPTION
+from ..options import Option
+
+__all__ = ["OPTIONS", "PREFIX_RULE", "check_prefix"]
+
+#: The longest of the engine's intervals and timeouts: a day.
+MAX_SECONDS = 86400
+
+_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,40}", re.ASCII)
+#: What ``prefix`` may be: it starts every key and pub/sub channel name of the layer, so
+#: it holds no brace (a Cluster hash tag) and no glob character.
+PREFIX_RULE = "1 to 40 characters among letters, digits and _ . : -"
+
+
+def check_prefix(value: Any) -> str | None:
+    """Check a ``prefix``: None when it is allowed, else what is."""
+    if isinstance(value, str) and _PREFIX.fullmatch(value):
+        return None
+    return PREFIX_RULE
+
+
+OPTIONS: Mapping[str, Option] = {
+    "credentials": CREDENTIALS_OPTION,
+    "url": Option(
+        (str,),
+        "redis://127.0.0.1:6379/0",
+        "redis://, rediss:// (TLS) or unix:// URL of the server; a password in it is a "
+        "fixed login (use 'credentials' for one that rotates).",
+        secret=True,
+    ),
+    "prefix": Option(
+        (str,),
+        "channels_engines",
+        "First part of every key and pub/sub channel of the layer: layers with different "
+        "prefixes share a server without seeing each other.",
+        check=check_prefix,
+    ),
+    "pool_max_size": Option(
+        (int,),
+        2,
+        "Most command connections per process and event loop, besides the one pub/sub "
+        "connection of a process that receives.",
+        minimum=1,
+    ),
+    "pool_timeout": Option(
+        (float,),
+        10.0,
+        "Seconds an operation may take in all, waiting for a connection and retrying on a "
+        "fresh one included, before it fails.",
+        above=0,
+        maximum=MAX_SECONDS,
+    ),
+    "query_timeout": Option(
+        (float,),
+        5.0,
+        "Seconds the server may take to answer one round trip; past it the connection is "
+        "dropped and the work retried on a fresh one or failed.",
+        above=0,
+        maximum=MAX_SECONDS,
+    ),
+    "heartbeat_interval": Option(
+        (float,),
+        5.0,
+        "Seconds of silence after which the pub/sub connection is checked with a PING.",
+        above=0,
+        maximum=MAX_SECONDS,
+    ),
+    "heartbeat_timeout": Option(
+        (float,),
+        3.0,
+        "Seconds that PING may take before the pub/sub connection is replaced.",
+        above=0,
+        maximum=MAX_SECONDS,
+    ),
+    "sweep_interval": Option(
+        (float,),
+        5.0,
+        "Seconds between safety reads that deliver a message even if its notification was lost.",
+        above=0,
+        maximum=MAX_SECONDS,
+    ),
+}
