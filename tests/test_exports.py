@@ -17,6 +17,7 @@ CORE_MODULES = [
     "contract",
     "engine_registry",
     "exceptions",
+    "health",
     "layer",
     "loops",
     "mailbox",

@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import json
 import os
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -20,6 +19,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ...credentials.registry import credential_providers
 from ...engine_registry import available_engines
+from ...health import check_health
 from ...hooks import hooks
 from ...inspection import Inspection, worker_processes
 from ...plugins import Registry
@@ -332,32 +332,8 @@ async def _value(value: T) -> T:
 async def _round_trip(alias: str) -> dict[str, Any]:
     """Send from one layer instance to a channel of another (two connections, as two
     processes would use) and wait for the message."""
-    result: dict[str, Any] = {"alias": alias, "engine": None, "round_trip_ms": None}
-    sender = receiver = None
-    try:
-        sender = _new_layer(alias)
-        # Two instances stand for two processes, unless messages never leave one.
-        receiver = _new_layer(alias) if sender.messages_leave_process else sender
-        result["engine"] = sender.engine_name
-        channel = await receiver.new_channel("check")
-        waiting = asyncio.ensure_future(receiver.receive(channel))
-        start = time.perf_counter()
-        await asyncio.wait_for(
-            sender.send(channel, {"type": "channels_engines.check"}), ROUND_TRIP_TIMEOUT
-        )
-        await asyncio.wait_for(waiting, ROUND_TRIP_TIMEOUT)
-        result["round_trip_ms"] = (time.perf_counter() - start) * 1000
-        result.update(ok=True, error=None)
-    except Exception as exc:
-        result.update(ok=False, error=_reason(exc))
-    finally:
-        for layer in {id(sender): sender, id(receiver): receiver}.values():
-            if layer is not None:
-                try:
-                    await layer.close()
-                except Exception as exc:  # reported, never hiding the round trip's outcome
-                    result.setdefault("close_error", _reason(exc))
-    return result
+    result = await check_health(alias, timeout=ROUND_TRIP_TIMEOUT, fresh=True)
+    return result.as_dict()
 
 
 def _new_layer(alias: str) -> Any:
