@@ -1,0 +1,216 @@
+"""The Redis engine's own promises, against real servers started by the fixtures:
+connections per process, no commands while idle, capacity with messages left in the
+stream, ordering, notes, expiry and keys."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from channels.exceptions import ChannelFull
+
+from channels_engines import EngineChannelLayer
+from channels_engines.testing import engine_for
+from tests.support.pgtools import run, unique
+from tests.support.redis_servers import RedisServer
+
+pytestmark = pytest.mark.redis
+
+
+def make(server: RedisServer, **options: Any) -> EngineChannelLayer:
+    return EngineChannelLayer(
+        ENGINE="redis", url=server.url, prefix=options.pop("prefix", "ce"), **options
+    )
+
+
+def our_connections(server: RedisServer) -> int:
+    """Connections of channels_engines layers (they name themselves so)."""
+    clients = server.admin().client_list()
+    return sum(1 for client in clients if client.get("name") == "channels_engines")
+
+
+def test_a_process_holds_at_most_three_connections_however_many_consumers(
+    redis_server: RedisServer,
+) -> None:
+    async def scenario() -> tuple[int, list[Any]]:
+        sender, receiver = make(redis_server), make(redis_server)
+        channels = [await receiver.new_channel() for _ in range(300)]
+        for index, channel in enumerate(channels):
+            await receiver.group_add(f"room{index % 30}", channel)
+        waiting = [asyncio.ensure_future(receiver.receive(c)) for c in channels]
+        waiting += [asyncio.ensure_future(receiver.receive(f"shared.{n}")) for n in range(20)]
+        for room in range(30):
+            await sender.group_send(f"room{room}", {"type": "hello"})
+        for n in range(20):
+            await sender.send(f"shared.{n}", {"type": "work"})
+        got = await asyncio.wait_for(asyncio.gather(*waiting), 30)
+        # Both layers are in this process: each holds its own pool and the receiver one
+        # pub/sub connection.
+        held = our_connections(redis_server)
+        await sender.close()
+        await receiver.close()
+        return held, got
+
+    held, got = run(scenario())
+    assert len(got) == 320
+    assert held <= 2 + 2 + 1
+    assert our_connections(redis_server) == 0
+
+
+def test_idle_receivers_cost_no_commands(redis_server: RedisServer) -> None:
+    def processed() -> int:
+        return int(redis_server.info("stats")["total_commands_processed"])
+
+    async def scenario() -> int:
+        layer = make(redis_server, sweep_interval=3600.0, heartbeat_interval=3600.0)
+        channels = [await layer.new_channel() for _ in range(200)]
+        waiting = [asyncio.ensure_future(layer.receive(c)) for c in channels]
+        waiting += [asyncio.ensure_future(layer.receive(f"idle.{n}")) for n in range(20)]
+        await layer.send(channels[0], {"type": "settled"})  # the listener is up
+        await asyncio.wait_for(waiting[0], 10)
+        before = processed()
+        # An observation window: nothing should happen in it.
+        await asyncio.sleep(1.0)
+        after = processed()
+        for task in waiting[1:]:
+            task.cancel()
+        await layer.close()
+        return after - before - 1  # the INFO command that read ``before``
+
+    assert run(scenario()) == 0
+
+
+def test_a_full_mailbox_leaves_messages_in_the_stream_in_order(redis_server: RedisServer) -> None:
+    async def scenario() -> tuple[list[int], bool]:
+        layer = make(redis_server, capacity=10)
+        channel = await layer.new_channel()
+        # A receive starts the listener; the mailbox then takes up to 10, the stream holds
+        # up to 10 more, and the 21st send is refused.
+        first = asyncio.ensure_future(layer.receive(channel))
+        await layer.send(channel, {"n": 0})
+        assert (await asyncio.wait_for(first, 10))["n"] == 0
+        for n in range(1, 21):
+            await layer.send(channel, {"n": n})
+        refused = False
+        try:
+            await layer.send(channel, {"n": 21})
+        except ChannelFull:
+            refused = True
+        got = [(await asyncio.wait_for(layer.receive(channel), 10))["n"] for _ in range(20)]
+        await layer.close()
+        return got, refused
+
+    got, refused = run(scenario())
+    assert refused
+    assert got == list(range(1, 21))
+
+
+def test_messages_ride_in_their_announcement_when_sealed(redis_server: RedisServer) -> None:
+    async def scenario(**options: Any) -> tuple[int, list[int]]:
+        sender, receiver = make(redis_server, **options), make(redis_server, **options)
+        channel = await receiver.new_channel()
+        first = asyncio.ensure_future(receiver.receive(channel))
+        await sender.send(channel, {"n": 0})
+        got = [(await asyncio.wait_for(first, 10))["n"]]
+        for n in range(1, 50):
+            await sender.send(channel, {"n": n})
+            got.append((await asyncio.wait_for(receiver.receive(channel), 10))["n"])
+        from_notes = engine_for(receiver).delivery.from_notes
+        await sender.close()
+        await receiver.close()
+        return from_notes, got
+
+    from_notes, got = run(scenario())
+    assert got == list(range(50))
+    assert from_notes >= 49  # all but possibly the first, sent before the subscription
+    plain_notes, plain_got = run(scenario(encryption_keys=None, prefix="plain"))
+    assert plain_got == list(range(50))
+    assert plain_notes == 0  # unauthenticated: every message is read from the stream
+
+
+def test_a_forged_announcement_delivers_nothing(redis_server: RedisServer) -> None:
+    async def scenario() -> list[Any]:
+        receiver = make(redis_server)
+        channel = await receiver.new_channel()
+        queue = channel[: channel.index("!") + 1]
+        first = asyncio.ensure_future(receiver.receive(channel))
+        await receiver.send(channel, {"n": 0})
+        await asyncio.wait_for(first, 10)
+        # Someone who may PUBLISH but holds no key announces a message that is not there.
+        forged = b"9999999999999-0|1|n1|1|1|9999999999999|" + channel[len(queue) :].encode()
+        redis_server.admin().publish(f"ce:note:{queue}", forged + b"|AAAA|{}")
+        await receiver.send(channel, {"n": 1})
+        got = [await asyncio.wait_for(receiver.receive(channel), 10)]
+        await receiver.close()
+        return got
+
+    assert run(scenario()) == [{"n": 1}]
+
+
+def test_expired_messages_are_not_delivered_and_free_their_capacity(
+    redis_server: RedisServer,
+) -> None:
+    async def scenario() -> list[Any]:
+        layer = make(redis_server, expiry=1, capacity=2)
+        await layer.send("expiring.work", {"n": 0})
+        await layer.send("expiring.work", {"n": 1})
+        with pytest.raises(ChannelFull):
+            await layer.send("expiring.work", {"n": 2})
+        # Expiry is the behaviour under test: wait it out.
+        await asyncio.sleep(1.2)
+        await layer.send("expiring.work", {"n": 3})
+        got = [await asyncio.wait_for(layer.receive("expiring.work"), 10)]
+        await layer.close()
+        return got
+
+    assert run(scenario()) == [{"n": 3}]
+
+
+def test_every_key_expires_or_is_deleted(redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        layer = make(redis_server, expiry=2, group_expiry=3)
+        channel = await layer.new_channel()
+        await layer.group_add("room", channel)
+        await layer.group_send("room", {"type": "x"})
+        await layer.send("left.unread", {"type": "x"})
+        assert await asyncio.wait_for(layer.receive(channel), 10) == {"type": "x"}
+        await layer.close()
+
+    run(scenario())
+    admin = redis_server.admin()
+    keys = sorted(key.decode() for key in admin.keys("ce:*"))
+    assert keys, "the layer stored nothing"
+    ttls = {key: admin.pttl(key) for key in keys}
+    assert all(0 < ttl <= 3000 + 1000 for ttl in ttls.values()), ttls
+
+
+def test_flush_empties_the_layer_and_leaves_other_prefixes(redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        ours, theirs = make(redis_server, prefix="ours"), make(redis_server, prefix="theirs")
+        await ours.send("kept.apart", {"n": 1})
+        await theirs.send("kept.apart", {"n": 2})
+        await ours.group_add("room", "kept.apart")
+        await ours.flush()
+        assert redis_server.admin().keys("ours:*") == []
+        assert await asyncio.wait_for(theirs.receive("kept.apart"), 10) == {"n": 2}
+        await ours.close()
+        await theirs.close()
+
+    run(scenario())
+
+
+def test_the_layers_of_one_server_are_kept_apart_by_prefix(redis_server: RedisServer) -> None:
+    async def scenario() -> list[Any]:
+        a, b = make(redis_server, prefix=unique("a")), make(redis_server, prefix=unique("b"))
+        await a.send("same.name", {"from": "a"})
+        await b.send("same.name", {"from": "b"})
+        got = [
+            await asyncio.wait_for(a.receive("same.name"), 10),
+            await asyncio.wait_for(b.receive("same.name"), 10),
+        ]
+        await a.close()
+        await b.close()
+        return got
+
+    assert run(scenario()) == [{"from": "a"}, {"from": "b"}]
