@@ -5,6 +5,9 @@
 time a test needs a server (:func:`tests.support.pgtools.server_dsn`), so the suite runs on
 a machine with no database configured and tests that need none start none. A configured
 server that cannot be reached fails the tests; nothing is skipped for a missing service.
+
+Redis tests start their own servers from the machine's ``redis-server``
+(:mod:`tests.redis_fixtures`); a missing binary fails them too.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 django.setup()
 
 from tests.support.pgtools import Admin, dropped_afterwards, server_dsn, unique  # noqa: E402
+
+# redis_server, shared_redis_server, redis_sentinel and redis_cluster: real Redis servers.
+pytest_plugins = ["tests.redis_fixtures"]
 
 
 @pytest.fixture(scope="session")
