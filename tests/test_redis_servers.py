@@ -353,8 +353,7 @@ def test_a_cluster_client_spreads_keys_over_every_primary(redis_cluster: RedisCl
         keys = [f"spread:{n}" for n in range(300)]
         for key in keys:
             client.set(key, key)
-        owners = {redis_cluster.slot_owner(client.keyslot(key)).port for key in keys}
-        assert len(owners) == 3
+        assert all(primary.command("DBSIZE") > 50 for primary in redis_cluster.primaries())
         assert client.mget_nonatomic(keys) == [key.encode() for key in keys]
 
 

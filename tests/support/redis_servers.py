@@ -436,6 +436,8 @@ class RedisServer:
             "appendfsync always",
             # A replica's first sync starts at once (the default waits 5 s for others).
             "repl-diskless-sync-delay 0",
+            # SIGTERM stops it at once, without waiting up to 10 s for lagging replicas.
+            "shutdown-on-sigterm now",
             # DEBUG SLEEP and friends, for tests of a slow server.
             "enable-debug-command local",
         ]
@@ -519,14 +521,21 @@ class RedisServer:
             lines = log.read().decode(errors="replace").splitlines()
         return "\n".join(lines[-_LOG_TAIL_LINES:])
 
+    def _ask_to_stop(self) -> None:
+        """SIGTERM, and SIGCONT if paused (a stopped process acts on SIGTERM once
+        continued); :meth:`_terminate` waits."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            if self.paused:
+                proc.send_signal(signal.SIGCONT)
+
     def _terminate(self) -> None:
         proc = self._proc
         if proc is None:
             return
         if proc.poll() is None:
-            proc.terminate()
-            if self.paused:  # a stopped process acts on SIGTERM once continued
-                proc.send_signal(signal.SIGCONT)
+            self._ask_to_stop()
             try:
                 proc.wait(timeout=_STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
@@ -539,6 +548,14 @@ class RedisServer:
         # A forked child inherits atexit handlers: only the starting process may stop.
         if os.getpid() == self._owner_pid:
             self.stop()
+
+
+def _stop_all(servers: Sequence[RedisServer]) -> None:
+    """Stop several servers, which then shut down side by side."""
+    for server in servers:
+        server._ask_to_stop()
+    for server in servers:
+        server.stop()
 
 
 # -- Sentinel --------------------------------------------------------------------------
@@ -611,8 +628,7 @@ class SentinelGroup:
         return self
 
     def stop(self) -> None:
-        for server in [*self.sentinel_servers, *self.servers]:
-            server.stop()
+        _stop_all([*self.sentinel_servers, *self.servers])
         self.sentinel_servers.clear()
         self.servers.clear()
 
@@ -870,8 +886,7 @@ class RedisCluster:
         return self
 
     def stop(self) -> None:
-        for node in self.nodes:
-            node.stop()
+        _stop_all(self.nodes)
         self.nodes.clear()
 
     def client(self, **kwargs: Any) -> ClusterClient:
