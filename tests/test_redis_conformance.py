@@ -12,18 +12,23 @@ import pytest
 
 from channels_engines.testing import ChannelLayerConformance
 from tests.support.pgtools import unique
+from tests.support.redis_servers import RedisServer
 
 pytestmark = pytest.mark.redis
 
 PREFIX = unique("ce_conf")
+SERVER: list[RedisServer] = []
+
+
+@pytest.fixture(autouse=True)
+def _server(shared_redis_server: RedisServer) -> None:
+    SERVER[:] = [shared_redis_server]
 
 
 class TestRedisConformance(ChannelLayerConformance):
-    url = "redis://127.0.0.1:6379/0"
-
     @property
     def config(self) -> dict[str, Any]:  # type: ignore[override]
-        return {"ENGINE": "redis", "url": self.url, "prefix": PREFIX}
+        return {"ENGINE": "redis", "url": SERVER[0].url, "prefix": PREFIX}
 
     def unreachable_config(self) -> dict[str, Any]:
         return {**self.config, "url": "redis://127.0.0.1:1/0", "pool_timeout": 1.0}

@@ -103,6 +103,9 @@ class RedisEngine(BaseChannelEngine):
             refused=login.refused,
         )
         self._message_keys: tuple[bytes, ...] = ()
+        # The server's run id as the listener last saw it, and whether it changed.
+        self._run_id: str | None = None
+        self._server_restarted = False
 
     @property
     def message_keys(self) -> tuple[bytes, ...]:
@@ -294,7 +297,7 @@ class RedisEngine(BaseChannelEngine):
             on_subscribed=self._on_subscribed,
             on_lost=lambda reason: self.events.emit(ListenerLost, reason=reason),
             on_back=lambda away: self.events.emit(
-                ListenerRecovered, away=away, may_have_missed=False
+                ListenerRecovered, away=away, may_have_missed=self._server_restarted
             ),
             heartbeat=options["heartbeat_interval"],
             heartbeat_timeout=options["heartbeat_timeout"],
@@ -314,6 +317,11 @@ class RedisEngine(BaseChannelEngine):
             conn = client.connection_pool.make_connection()
             try:
                 await conn.connect()
+                # A server that restarted (a new run id) may have lost what it held.
+                await conn.send_command("INFO", "server")
+                run_id = _run_id(await conn.read_response())
+                self._server_restarted = self._run_id not in (None, run_id)
+                self._run_id = run_id
             except BaseException:
                 with contextlib.suppress(Exception):
                     await conn.disconnect(nowait=True)
@@ -457,6 +465,15 @@ class RedisEngine(BaseChannelEngine):
             logger.warning(message, group, missed, queues)
         else:
             logger.debug(message, group, missed, queues)
+
+
+def _run_id(info: Any) -> str | None:
+    """The ``run_id`` line of ``INFO server``."""
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    for line in text.splitlines():
+        if line.startswith("run_id:"):
+            return line.partition(":")[2].strip()
+    return None
 
 
 @dataclass

@@ -3,6 +3,7 @@ checked and documented where the client is not installed."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -29,12 +30,18 @@ def check_prefix(value: Any) -> str | None:
 
 
 OPTIONS: Mapping[str, Option] = {
-    "credentials": CREDENTIALS_OPTION,
+    "credentials": dataclasses.replace(
+        CREDENTIALS_OPTION,
+        help="Credential provider asked for the login of every new connection: a "
+        "registered name, a dotted path, a CredentialProvider instance, or "
+        "{'provider': NAME, **options}. None: the login in 'url', if any.",
+    ),
     "url": Option(
         (str,),
         "redis://127.0.0.1:6379/0",
-        "redis://, rediss:// (TLS) or unix:// URL of the server; a password in it is a "
-        "fixed login (use 'credentials' for one that rotates).",
+        "redis://, rediss:// (TLS) or unix:// URL of the server (default "
+        "redis://127.0.0.1:6379/0); a password in it is a fixed login (use 'credentials' "
+        "for one that rotates).",
         secret=True,
     ),
     "prefix": Option(
