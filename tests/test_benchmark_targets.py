@@ -28,9 +28,11 @@ def _rows() -> Rows:
 
 
 def _verdicts(subject: str) -> dict[str, tuple[float | None, bool | None]]:
-    return {
-        v.target.text: (v.measured, v.met) for v in check(_rows()) if v.target.subject == subject
-    }
+    return _verdicts_of(_rows(), subject)
+
+
+def _verdicts_of(rows: Rows, subject: str) -> dict[str, tuple[float | None, bool | None]]:
+    return {v.target.text: (v.measured, v.met) for v in check(rows) if v.target.subject == subject}
 
 
 def test_redis_targets_are_ratios_of_the_redis_engine_to_the_redis_subjects() -> None:
@@ -51,12 +53,22 @@ def test_the_postgres_targets_do_not_count_the_redis_engine() -> None:
     assert verdicts["lost 0 in every cell (ours)"] == (0, True)
 
 
-def test_no_redis_targets_when_the_redis_engine_did_not_run() -> None:
+def test_no_targets_for_a_subject_left_out_of_the_run() -> None:
     rows = {"p2p_1": {OURS: _row(OURS, rate=2400.0, lost=0, dup=0)}}
 
     assert all(v.target.subject == OURS for v in check(rows))
     assert targets_table(check(rows), OURS_REDIS) == []
     assert redis_table(rows) == []
+
+    only_redis = {"p2p_1": {OURS_REDIS: _row(OURS_REDIS, rate=6000.0, lost=0, dup=0)}}
+    assert all(v.target.subject == OURS_REDIS for v in check(only_redis))
+
+
+def test_a_subject_that_failed_still_shows_its_targets_as_not_measured() -> None:
+    failed = Summary(OURS_REDIS, {"rate": None}, 0, 1, ["unavailable: no server"], [])
+    verdicts = _verdicts_of({"p2p_1": {OURS_REDIS: failed}}, OURS_REDIS)
+
+    assert verdicts["p2p one sender ≥ 2x redis_core"] == (None, None)
 
 
 def test_the_report_has_a_targets_table_and_a_peer_table_for_the_redis_engine() -> None:
