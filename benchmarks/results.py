@@ -71,9 +71,12 @@ def _aggregate(column: Column, cells: list[CellResult]) -> float | None:
     return median(present)
 
 
-def ratio(scenario_rows: dict[str, Summary], key: str, subject: str) -> float | None:
-    """ours ÷ subject for one metric, from the same run's aggregated values."""
-    ours = scenario_rows.get(OURS)
+def ratio(
+    scenario_rows: dict[str, Summary], key: str, subject: str, ours_name: str = OURS
+) -> float | None:
+    """ours ÷ subject for one metric, from the same run's aggregated values; `ours_name`
+    picks which configuration of ours (default: the one compared with every peer)."""
+    ours = scenario_rows.get(ours_name)
     other = scenario_rows.get(subject)
     if ours is None or other is None:
         return None

@@ -112,7 +112,7 @@ class Session:
             cell.stop_all()
         result.seconds = time.monotonic() - started
         _log(
-            f"[rep {rep}/{self.sizes.repeat}] {scenario.name:<16} {name:<18} "
+            f"[rep {rep}/{self.sizes.repeat}] {scenario.name:<16} {name:<22} "
             f"{result.seconds:5.1f} s  {_brief(result)}"
         )
         return result

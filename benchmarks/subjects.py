@@ -6,6 +6,7 @@ reports it as "unavailable: <error>" until the package imports and works.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from benchmarks.config import Servers
@@ -18,12 +19,17 @@ OURS_PLAIN = "channels_engines_plain"
 #: Ours with the built-in hooks: beside OURS they give the cost of each hook.
 OURS_PROMETHEUS = "channels_engines_prometheus"
 OURS_OTEL = "channels_engines_otel"
-#: Every configuration of ours the run measures; OURS is the one compared with peers.
-OURS_ALL = (OURS, OURS_PLAIN, OURS_PROMETHEUS, OURS_OTEL)
+#: Ours with the redis engine, compared with the Redis subjects of the same run.
+OURS_REDIS = "channels_engines_redis"
+#: The configurations of ours on the postgres engine; OURS is the one compared with peers.
+OURS_POSTGRES = (OURS, OURS_PLAIN, OURS_PROMETHEUS, OURS_OTEL)
+#: Every configuration of ours the run measures, whatever the engine.
+OURS_ALL = (*OURS_POSTGRES, OURS_REDIS)
 #: Every worker process of every Django subject gets this same key, so a layer that derives
 #: its encryption key from SECRET_KEY can open what another process sealed.
 SECRET_KEY = "channels-engines-benchmarks-fixed-secret-key-for-every-worker-process"
-#: Key prefix of the channels_redis layers, so cleaning never touches other keys.
+#: Key prefix of the channels_redis layers, so cleaning never touches other keys. Our
+#: redis engine's prefix starts with it too (see `ours_redis`).
 REDIS_PREFIX = "benchce"
 #: The spec's usual capacity (100 per channel, shared by all "!" channels of a process)
 #: would turn throughput runs into drop tests: group messages over capacity are silently
@@ -76,6 +82,40 @@ def ours_otel(servers: Servers) -> Payload:
         f"opentelemetry hook on an SDK TracerProvider without exporter (capacity={CAPACITY})",
     )
     return {**subject, "skip_if_rejected": "hooks"}
+
+
+def ours_redis(servers: Servers, run_token: str) -> Payload:
+    """Ours with the redis engine, on the Redis server the channels_redis subjects use.
+
+    Encrypted like `ours` (the default keys, derived from the shared SECRET_KEY), with the
+    same capacity, and a key prefix of its own for this run (`benchce.ce.<token>`), so
+    its keys never mix with channels_redis'; the cleaning between cells (every key
+    starting with REDIS_PREFIX) finds them all.
+    """
+    prefix = f"{REDIS_PREFIX}.ce.{run_token}"
+    layer = {
+        "BACKEND": "channels_engines.EngineChannelLayer",
+        "CONFIG": {
+            "ENGINE": "redis",
+            "url": servers.redis_url,
+            "prefix": prefix,
+            "capacity": CAPACITY,
+        },
+    }
+    return _django(
+        OURS_REDIS,
+        "redis",
+        layer,
+        servers,
+        apps=["channels_engines"],
+        about=f"ours: EngineChannelLayer, ENGINE=redis (capacity={CAPACITY}, "
+        "default pool_max_size, own key prefix per run)",
+    )
+
+
+def new_run_token() -> str:
+    """Eight hex digits naming one run, in our redis engine's key prefix."""
+    return secrets.token_hex(4)
 
 
 def _ours(name: str, servers: Servers, extra: Payload, about: str) -> Payload:
@@ -174,13 +214,15 @@ def raw_redis(servers: Servers) -> Payload:
     }
 
 
-def all_subjects(servers: Servers) -> list[Payload]:
-    """Every subject, ours first."""
+def all_subjects(servers: Servers, run_token: str | None = None) -> list[Payload]:
+    """Every subject, ours first; `run_token` names the run in our redis engine's keys."""
+    token = run_token or new_run_token()
     builders = (
         ours,
         ours_plain,
         ours_prometheus,
         ours_otel,
+        lambda servers: ours_redis(servers, token),
         channels_postgres,
         redis_core,
         redis_pubsub,
