@@ -90,6 +90,7 @@ class RedisEngine(BaseChannelEngine):
             deadline=options["pool_timeout"],
             where=config.where,
             refused=login.refused,
+            own_connection=options["pool_max_size"] >= 2,
         )
         self._delivery = Delivery(
             inbox=shared.inbox,
@@ -421,8 +422,10 @@ class RedisEngine(BaseChannelEngine):
             from .maintenance import Maintenance
 
             options = self._options
+            size = options["pool_max_size"]
             self._client_obj = self.shared.login.client(
-                connections=options["pool_max_size"],
+                # With two or more, one is the writer's own (see sending.Writer).
+                connections=size - 1 if size >= 2 else size,
                 wait=options["pool_timeout"],
                 timeout=options["query_timeout"],
             )

@@ -54,8 +54,9 @@ OPTIONS: Mapping[str, Option] = {
     "pool_max_size": Option(
         (int,),
         2,
-        "Most command connections per process and event loop, besides the one pub/sub "
-        "connection of a process that receives.",
+        "Most command connections per process and event loop (with 2 or more, one is kept "
+        "by the writer that stores messages), besides the one pub/sub connection of a "
+        "process that receives.",
         minimum=1,
     ),
     "pool_timeout": Option(
