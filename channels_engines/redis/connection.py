@@ -43,6 +43,22 @@ class Login:
                 "query parameters (the value is not shown: it may hold a password)."
             )
         self._target, user, password = target
+        self._sentinels: list[tuple[str, int]] | None = None
+        self.service_name: str | None = plain(settings.get("service_name"))
+        if settings.get("sentinels") is not None:
+            from .options import parse_address
+
+            if self.service_name is None:
+                raise InvalidConfigError(
+                    f"{where}: CONFIG['sentinels'] is given without 'service_name'. Name "
+                    "the primary the Sentinels monitor, e.g. 'service_name': 'mymaster'."
+                )
+            self._sentinels = [parse_address(plain(item)) for item in settings["sentinels"]]  # type: ignore[misc]
+        elif self.service_name is not None:
+            raise InvalidConfigError(
+                f"{where}: CONFIG['service_name'] is given without 'sentinels'. List the "
+                "Sentinels ('host:port') in 'sentinels', or leave 'service_name' out."
+            )
         self._fixed: Credentials | None = None
         self.credentials: CredentialCache | None = None
         if settings.get("credentials") is not None:
@@ -57,8 +73,16 @@ class Login:
         elif password is not None or user is not None:
             self._fixed = Credentials(user=user, password=password)
 
+    @property
+    def sentinels(self) -> list[tuple[str, int]] | None:
+        """The Sentinels to ask for the primary, or None for a server given by ``url``."""
+        return self._sentinels
+
     def describe(self) -> str:
         """Where connections go, for messages: never includes a password."""
+        if self._sentinels is not None:
+            where = ",".join(f"{host}:{port}" for host, port in self._sentinels)
+            return f"the primary of {self.service_name!r} (Sentinels {where})"
         target = self._target
         if "path" in target:
             return f"unix://{target['path']}"
@@ -75,26 +99,48 @@ class Login:
         from redis.backoff import NoBackoff
 
         target = dict(self._target)
+        common: dict[str, Any] = {
+            "max_connections": connections,
+            "socket_timeout": timeout,
+            "socket_connect_timeout": min(wait, 10.0),
+            "socket_keepalive": True,
+            "client_name": CLIENT_NAME,
+            # RESP2: pub/sub messages are plain replies on the listener's connection,
+            # read by the engine itself (see :mod:`.listener`).
+            "protocol": 2,
+            # The engine decides what may be sent again: a claim whose answer was lost
+            # must not be repeated blindly, nor a send without its sequence number.
+            "retry": Retry(NoBackoff(), 0),
+            "credential_provider": _AskLogin(self) if self.logs_in else None,
+        }
+        if self._sentinels is not None:
+            from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+
+            sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                self._sentinels,
+                sentinel_kwargs={
+                    "socket_timeout": min(wait, 10.0),
+                    "socket_connect_timeout": min(wait, 10.0),
+                    "protocol": 2,
+                    "retry": Retry(NoBackoff(), 0),
+                },
+            )
+            # Past max_connections this pool raises instead of waiting; the engine's
+            # calls then try again until pool_timeout.
+            return redis.asyncio.Redis(
+                connection_pool=SentinelConnectionPool(  # type: ignore[no-untyped-call]
+                    self.service_name,
+                    sentinel,
+                    ssl=target.get("ssl", False),
+                    db=target.get("db", 0),
+                    **common,
+                )
+            )
         if target.pop("ssl", False):
             target["connection_class"] = SSLConnection
         elif "path" in target:
             target["connection_class"] = UnixDomainSocketConnection
-        pool = redis.asyncio.BlockingConnectionPool(
-            max_connections=connections,
-            timeout=wait,
-            socket_timeout=timeout,
-            socket_connect_timeout=min(wait, 10.0),
-            socket_keepalive=True,
-            client_name=CLIENT_NAME,
-            # RESP2: pub/sub messages are plain replies on the listener's connection,
-            # read by the engine itself (see :mod:`.listener`).
-            protocol=2,
-            # The engine decides what may be sent again: a claim whose answer was lost
-            # must not be repeated blindly, nor a send without its sequence number.
-            retry=Retry(NoBackoff(), 0),
-            credential_provider=_AskLogin(self) if self.logs_in else None,
-            **target,
-        )
+        pool = redis.asyncio.BlockingConnectionPool(timeout=wait, **common, **target)
         return redis.asyncio.Redis(connection_pool=pool)
 
     @property

@@ -71,6 +71,31 @@ class Inbox:
     #: ids of entries in the mailbox not yet acknowledged.
     unsure: set[str] = field(default_factory=set)
     unsettled: dict[str, set[str]] = field(default_factory=dict)
+    #: (queue, sender) -> (latest sequence number delivered, when): a second copy of a
+    #: message (a send retried across a failover, its first copy delivered from the old
+    #: primary) carries a number already delivered.
+    seen: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+
+    def first_copy(self, queue: str, sender: str, seq: str, now: float) -> bool:
+        """Whether this is the first copy of ``sender``'s message ``seq`` on ``queue``
+        (lock held); remember it if so. A sender's messages to a queue arrive in the
+        order of their numbers."""
+        try:
+            number = int(seq)
+        except ValueError:
+            return True
+        latest = self.seen.get((queue, sender))
+        if latest is not None and number <= latest[0]:
+            return False
+        self.seen[(queue, sender)] = (number, now)
+        return True
+
+    def forget_senders(self, older_than: float) -> None:
+        """Forget senders not heard from since ``older_than`` (a monotonic time)."""
+        with self.lock:
+            stale = [key for key, (_, at) in self.seen.items() if at < older_than]
+            for key in stale:
+                del self.seen[key]
 
     def start(self, running: set[str], again: set[str], queue: str) -> bool:
         """True if the caller should read (or claim) ``queue``; else the running one
@@ -159,9 +184,12 @@ class Delivery:
             return True
         inbox.cursors[queue] = key
         left = note.expires_ms / 1000 - time.time()
-        if left > 0:
+        now = time.monotonic()
+        if not inbox.first_copy(queue, str(note.sender), str(note.seq), now):
+            self._events().count("receive.duplicate")
+        elif left > 0:
             channels = [queue + local for local in note.locals]
-            inbox.mailbox.put(channels, note.payload, time.monotonic() + left)
+            inbox.mailbox.put(channels, note.payload, now + left)
             self.from_notes += 1
         inbox.taken.setdefault(queue, []).append((found.entry_id, str(note.sender), str(note.seq)))
         self._forget_soon(queue)
@@ -231,9 +259,13 @@ class Delivery:
             fields = _fields(raw_fields)
             cursor = key
             expires = int(fields.get(b"x", b"0"))
-            taken.append((entry_id, fields.get(b"s", b"").decode(), fields.get(b"q", b"").decode()))
+            sender, seq = fields.get(b"s", b"").decode(), fields.get(b"q", b"").decode()
+            taken.append((entry_id, sender, seq))
             if expires <= server_ms:
                 self._events().count("receive.expired")
+                continue
+            if not inbox.first_copy(queue, sender, seq, now):
+                self._events().count("receive.duplicate")
                 continue
             locals_ = fields.get(b"c", b"").decode().split(",")
             channels = [queue + local for local in locals_]
@@ -360,6 +392,10 @@ class Delivery:
             expires = int(fields.get(b"x", b"0"))
             if expires <= server_ms:
                 self._events().count("receive.expired")
+                continue
+            sender, seq = fields.get(b"s", b"").decode(), fields.get(b"q", b"").decode()
+            if not inbox.first_copy(queue, sender, seq, now):
+                self._events().count("receive.duplicate")
                 continue
             inbox.mailbox.put([queue], fields.get(b"m", b""), now + (expires - server_ms) / 1000)
         return ids

@@ -76,6 +76,7 @@ class RedisEngine(BaseChannelEngine):
         options = self._options = config.options
         self._client_obj: Any = None
         self._listener: Any = None
+        self._failover_watch: Any = None
         self._maintenance: Any = None
         self._watched: dict[str, str] = {}  # pub/sub channel -> queue
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -104,6 +105,8 @@ class RedisEngine(BaseChannelEngine):
             refused=login.refused,
         )
         self._message_keys: tuple[bytes, ...] = ()
+        #: Failovers this engine moved its connections for (for tests).
+        self.failovers_followed = 0
         # The server's run id as the listener last saw it, and whether it changed.
         self._run_id: str | None = None
         self._server_restarted = False
@@ -234,6 +237,9 @@ class RedisEngine(BaseChannelEngine):
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
+        if self._failover_watch is not None:
+            await self._failover_watch.stop()
+            self._failover_watch = None
         if self._client_obj is not None:
             with contextlib.suppress(Exception):
                 await self._delivery.forget()
@@ -249,6 +255,9 @@ class RedisEngine(BaseChannelEngine):
         client, self._client_obj = self._client_obj, None
         if client is not None:
             await client.aclose(close_connection_pool=True)
+            sentinels = getattr(client.connection_pool, "sentinel_manager", None)
+            if sentinels is not None:
+                await sentinels.aclose()
 
     # Inspection --------------------------------------------------------------------
 
@@ -409,6 +418,10 @@ class RedisEngine(BaseChannelEngine):
                     del self._watched[channel]
                     self._listener.unwatch([channel])
         inbox.mailbox.expire()
+        # A sender's retry arrives within its deadline, and expires within ``expiry``.
+        inbox.forget_senders(
+            time.monotonic() - 2 * (self.config.expiry + self._options["pool_timeout"])
+        )
         await self._delivery.forget()
         await self.shared.login.refresh_ahead()
 
@@ -430,11 +443,56 @@ class RedisEngine(BaseChannelEngine):
                 timeout=options["query_timeout"],
             )
             self.shared.login.report_to(self.events)
+            if self.shared.login.sentinels is not None:
+                self._watch_failovers()
             self._maintenance = Maintenance(
                 interval=options["sweep_interval"], housekeeping=self._housekeeping
             )
             self._maintenance.start()
         return self._client_obj
+
+    def _watch_failovers(self) -> None:
+        """Hear the Sentinels announce a new primary (see :mod:`.sentinel`)."""
+        from .listener import Listener
+        from .sentinel import SWITCH_MASTER, connect_to_a_sentinel, switched
+
+        login = self.shared.login
+        options = self._options
+
+        def on_message(channel: str, data: bytes) -> None:
+            if channel == SWITCH_MASTER and switched(login.service_name, data):
+                self._follow_failover_soon()
+
+        self._failover_watch = Listener(
+            connect=connect_to_a_sentinel(login.sentinels, options["query_timeout"]),
+            on_message=on_message,
+            on_subscribed=lambda channels: None,
+            on_lost=lambda reason: None,
+            # Back after being away: a switch may have been missed.
+            on_back=lambda away: self._follow_failover_soon(),
+            heartbeat=options["heartbeat_interval"],
+            heartbeat_timeout=options["heartbeat_timeout"],
+            describe=f"the Sentinels of {login.service_name!r}",
+        )
+        self._failover_watch.watch([SWITCH_MASTER])
+        self._failover_watch.start()
+
+    def _follow_failover_soon(self) -> None:
+        if not self._closed:
+            self._spawn(self._follow_failover())
+
+    async def _follow_failover(self) -> None:
+        """The primary changed (or may have, while the watch was away): drop every
+        connection to the old one. Calls in flight are repeated on the new primary; the
+        pub/sub connection moves and reads what it missed."""
+        logger.warning("%s: a new primary; moving the connections.", self.config.where)
+        self.failovers_followed += 1
+        client = self._client_obj
+        if client is not None:
+            await client.connection_pool.disconnect(inuse_connections=True)
+        await self._writer.drop_connection()
+        if self._listener is not None:
+            self._listener.replace_connection()
 
     async def _call(self, work: Any, what: str, call: Any) -> Any:
         return await call(

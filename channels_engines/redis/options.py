@@ -11,7 +11,7 @@ from typing import Any
 from ..credentials import CREDENTIALS_OPTION
 from ..options import Option
 
-__all__ = ["OPTIONS", "PREFIX_RULE", "check_prefix"]
+__all__ = ["OPTIONS", "PREFIX_RULE", "check_prefix", "check_sentinels"]
 
 #: The longest of the engine's intervals and timeouts: a day.
 MAX_SECONDS = 86400
@@ -29,6 +29,32 @@ def check_prefix(value: Any) -> str | None:
     return PREFIX_RULE
 
 
+#: What ``sentinels`` may be, in words.
+SENTINELS_RULE = "a non-empty list of 'host:port' strings, or None"
+
+
+def check_sentinels(value: Any) -> str | None:
+    """Check ``sentinels``: None when it is allowed, else what is."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not value:
+        return SENTINELS_RULE
+    for item in value:
+        if parse_address(item) is None:
+            return SENTINELS_RULE
+    return None
+
+
+def parse_address(value: Any) -> tuple[str, int] | None:
+    """``'host:port'`` as a pair, or None."""
+    if not isinstance(value, str):
+        return None
+    host, colon, port = value.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host.strip("[]"), int(port)
+
+
 OPTIONS: Mapping[str, Option] = {
     "credentials": dataclasses.replace(
         CREDENTIALS_OPTION,
@@ -43,6 +69,22 @@ OPTIONS: Mapping[str, Option] = {
         "redis://127.0.0.1:6379/0); a password in it is a fixed login (use 'credentials' "
         "for one that rotates).",
         secret=True,
+    ),
+    "sentinels": Option(
+        (list, tuple),
+        None,
+        "Redis Sentinels to ask for the primary of 'service_name', as 'host:port' "
+        "strings; 'url' then gives only the scheme, login and database (its host and "
+        "port are not used).",
+        nullable=True,
+        check=check_sentinels,
+        describe_as=SENTINELS_RULE,
+    ),
+    "service_name": Option(
+        (str,),
+        None,
+        "The name the Sentinels monitor the primary under (with 'sentinels').",
+        nullable=True,
     ),
     "prefix": Option(
         (str,),

@@ -238,6 +238,13 @@ class Writer:
             return results
         return results
 
+    async def drop_connection(self) -> None:
+        """Close the writer's connection (the primary moved); the next batch opens one."""
+        conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+
     async def _connection(self, pool: Any) -> Any:
         if not self._own:
             return await pool.get_connection()
