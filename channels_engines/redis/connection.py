@@ -116,7 +116,10 @@ class Login:
         if self._sentinels is not None:
             from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
-            sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            # redis-py types these loosely, differently from one release to the next.
+            sentinel_class: Any = Sentinel
+            pool_class: Any = SentinelConnectionPool
+            sentinel = sentinel_class(
                 self._sentinels,
                 sentinel_kwargs={
                     "socket_timeout": min(wait, 10.0),
@@ -128,7 +131,7 @@ class Login:
             # Past max_connections this pool raises instead of waiting; the engine's
             # calls then try again until pool_timeout.
             return redis.asyncio.Redis(
-                connection_pool=SentinelConnectionPool(  # type: ignore[no-untyped-call]
+                connection_pool=pool_class(
                     self.service_name,
                     sentinel,
                     ssl=target.get("ssl", False),

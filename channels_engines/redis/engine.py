@@ -261,6 +261,11 @@ class RedisEngine(BaseChannelEngine):
 
     # Inspection --------------------------------------------------------------------
 
+    def inspection(self) -> Any:
+        from .inspection import RedisInspection
+
+        return RedisInspection(self)
+
     @property
     def listener(self) -> Any:
         """This loop's pub/sub connection, once something was received."""

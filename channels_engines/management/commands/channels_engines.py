@@ -321,6 +321,10 @@ def _inspect(alias: str, ask: Callable[[Inspection], Awaitable[T]], action: str)
         return asyncio.run(run())
     except CommandError:
         raise
+    except NotImplementedError as exc:
+        raise CommandError(
+            f"{action} is not available for CHANNEL_LAYERS[{alias!r}]: {exc}."
+        ) from exc
     except Exception as exc:
         raise CommandError(f"{action} of {alias!r} failed: {_reason(exc)}") from exc
 
