@@ -266,13 +266,23 @@ class ChatServer(ServerProcess):
     cwd = CHAT_DIR
 
     def __init__(
-        self, kind: str, worker: str, database_url: str, *, workers: int = 1, port: int = 0
+        self,
+        kind: str,
+        worker: str,
+        database_url: str,
+        *,
+        workers: int = 1,
+        port: int = 0,
+        settings: str = "chatsite.settings",
+        env: dict[str, str] | None = None,
     ) -> None:
         if kind not in ("daphne", "uvicorn", "gunicorn"):
             raise ValueError(kind)
         super().__init__(worker, port=port)
         self.kind, self.workers = kind, workers
         self.database_url = database_url
+        #: The settings module, and further environment (another deployment's settings).
+        self.settings, self.env = settings, dict(env or {})
 
     @property
     def application_name(self) -> str:
@@ -297,9 +307,10 @@ class ChatServer(ServerProcess):
         return dict(
             super().environment(),
             DATABASE_URL=self.database_url,
-            DJANGO_SETTINGS_MODULE="chatsite.settings",
+            DJANGO_SETTINGS_MODULE=self.settings,
             CHAT_WORKER=self.worker,
             PYTHONPATH=os.pathsep.join(filter(None, [str(CHAT_DIR), str(ROOT)])),
+            **self.env,
         )
 
     def ws_url(self, room: str) -> str:
