@@ -21,8 +21,12 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from .base import CredentialProvider, Credentials, CredentialsError
+
+if TYPE_CHECKING:
+    from ..events import Events
 
 __all__ = ["CredentialCache"]
 
@@ -68,6 +72,16 @@ class CredentialCache:
     def describe(self) -> str:
         """How logs name the provider."""
         return self._describe
+
+    def report_to(self, events: Events) -> None:
+        """Tell a layer's hooks when the credentials change or cannot be refreshed."""
+        from ..hooks import CredentialsChanged, CredentialsRefreshFailed
+
+        provider = self.describe
+        self.on_changed = lambda: events.emit(CredentialsChanged, provider=provider)
+        self.on_failed = lambda reason: events.emit(
+            CredentialsRefreshFailed, provider=provider, reason=reason
+        )
 
     def set_verifier(self, verify: Verify) -> None:
         """How to prove new credentials work before switching to them."""

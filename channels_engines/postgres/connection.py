@@ -29,7 +29,6 @@ from ..credentials import CredentialCache, Credentials, CredentialsError, resolv
 from ..credentials.builtin import DjangoProvider
 from ..events import Events
 from ..exceptions import InvalidConfigError
-from ..hooks import CredentialsChanged, CredentialsRefreshFailed
 from ..redaction import HiddenSettings, Secret, plain
 
 __all__ = ["Failure", "Login", "NotPostgreSQL", "classify"]
@@ -256,14 +255,8 @@ class Login:
 
     def report_to(self, events: Events) -> None:
         """Tell the layer's hooks when the credentials change or cannot be refreshed."""
-        cache = self.credentials
-        if cache is None:
-            return
-        provider = cache.describe
-        cache.on_changed = lambda: events.emit(CredentialsChanged, provider=provider)
-        cache.on_failed = lambda reason: events.emit(
-            CredentialsRefreshFailed, provider=provider, reason=reason
-        )
+        if self.credentials is not None:
+            self.credentials.report_to(events)
 
     def subscribe(self, key: object, changed: Callable[[], None]) -> None:
         """Call ``changed`` on the caller's loop when the credentials change."""

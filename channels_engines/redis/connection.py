@@ -17,7 +17,6 @@ from urllib.parse import unquote, urlsplit
 from ..credentials import CredentialCache, Credentials, resolve_provider
 from ..events import Events
 from ..exceptions import InvalidConfigError
-from ..hooks import CredentialsChanged, CredentialsRefreshFailed
 from ..redaction import HiddenSettings, Secret, plain
 
 __all__ = ["Login"]
@@ -177,14 +176,8 @@ class Login:
 
     def report_to(self, events: Events) -> None:
         """Tell the layer's hooks when the credentials change or cannot be refreshed."""
-        cache = self.credentials
-        if cache is None:
-            return
-        provider = cache.describe
-        cache.on_changed = lambda: events.emit(CredentialsChanged, provider=provider)
-        cache.on_failed = lambda reason: events.emit(
-            CredentialsRefreshFailed, provider=provider, reason=reason
-        )
+        if self.credentials is not None:
+            self.credentials.report_to(events)
 
 
 class _AskLogin:
