@@ -3,7 +3,6 @@ purge-expired, and schema (which the engine does not need)."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 from typing import Any
@@ -79,28 +78,21 @@ def test_stats_counts_queues_groups_and_connections(redis_server: RedisServer) -
 
 
 def test_purge_expired_trims_what_expired(redis_server: RedisServer) -> None:
-    async def scenario() -> None:
-        layer = EngineChannelLayer(
-            ENGINE="redis", url=redis_server.url, prefix="cmd", expiry=1, group_expiry=1
-        )
-        lasting = EngineChannelLayer(ENGINE="redis", url=redis_server.url, prefix="cmd")
-        await layer.send("old.jobs", {"n": 1})
-        await layer.group_add("old", "old.jobs")
-        await lasting.group_add("old", "new.jobs")  # keeps the group's key
-        # Expiry is the behaviour under test.
-        await asyncio.sleep(1.2)
-        await layer.close()
-        await lasting.close()
-
-    run(scenario())
-    config = {"url": redis_server.url, "prefix": "cmd", "expiry": 1}
-    with override_settings(CHANNEL_LAYERS={"default": {"ENGINE": "redis", "CONFIG": config}}):
+    admin = redis_server.admin()
+    # A message added long ago (its id is the server's clock then) beside a fresh one,
+    # and a membership that expired beside one that never does.
+    admin.xadd("cmd:ch:{old.jobs}", {"s": 1, "q": 1, "x": 1, "c": "", "m": b"old"}, id="1-1")
+    admin.xadd("cmd:ch:{old.jobs}", {"s": 1, "q": 2, "x": 1, "c": "", "m": b"new"}, id="*")
+    admin.zadd("cmd:group:{old}", {"old.jobs": 1, "new.jobs": float("inf")})
+    with override_settings(CHANNEL_LAYERS=layers(redis_server)):
         found = json.loads(command("purge-expired", "--json")[0])
     assert found == {
         "alias": "default",
         "removed": {"messages": 1, "memberships": 1},
         "skipped": False,
     }
+    assert admin.xlen("cmd:ch:{old.jobs}") == 1
+    assert admin.zrange("cmd:group:{old}", 0, -1) == ["new.jobs"]
 
 
 def test_schema_says_the_engine_needs_none(redis_server: RedisServer) -> None:

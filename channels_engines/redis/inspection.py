@@ -154,7 +154,9 @@ class RedisInspection:
             async for key in client.scan_iter(match=keys.pattern, count=_SCAN):
                 kind, _ = _describe(keys.prefix, _text(key))
                 if kind in ("in", "ch"):
-                    removed["messages"] += int(await client.xtrim(key, minid=now_ms - expiry_ms))
+                    removed["messages"] += int(
+                        await client.xtrim(key, minid=now_ms - expiry_ms, approximate=False)
+                    )
                 elif kind == "group":
                     removed["memberships"] += int(
                         await client.zremrangebyscore(key, "-inf", now_ms)

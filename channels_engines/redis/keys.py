@@ -37,10 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["GROUP", "SCRIPTS", "Keys", "Script"]
-
-#: The consumer group through which normal channels are claimed.
-GROUP = "readers"
+__all__ = ["SCRIPTS", "Keys", "Script"]
 
 _NOW = """
 local function now_ms()
@@ -133,8 +130,16 @@ CLAIM = Script(
     _NOW
     + """
 local now = now_ms()
-local ok, found = pcall(redis.call, 'XREADGROUP', 'GROUP', 'readers', ARGV[1],
-  'COUNT', ARGV[2], 'STREAMS', KEYS[1], ARGV[3])
+local function claim()
+  return pcall(redis.call, 'XREADGROUP', 'GROUP', 'readers', ARGV[1],
+    'COUNT', ARGV[2], 'STREAMS', KEYS[1], ARGV[3])
+end
+local ok, found = claim()
+if not ok and redis.call('EXISTS', KEYS[1]) == 1 then
+  -- A stream without its consumer group (another program wrote it): from its start.
+  redis.pcall('XGROUP', 'CREATE', KEYS[1], 'readers', '0')
+  ok, found = claim()
+end
 if not ok or not found then
   return {now, {}}
 end
