@@ -17,6 +17,7 @@ one: starting one is quicker than waiting out Sentinel's demotion of an old prim
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -25,6 +26,25 @@ import pytest
 if TYPE_CHECKING:
     # Imported where used: collecting the other tests needs no redis-py.
     from tests.support.redis_servers import RedisCluster, RedisServer, SentinelGroup
+
+
+def _binaries() -> None:
+    """Skip, saying so, where Redis is not installed; fail where CI named the binaries
+    (``$CHANNELS_ENGINES_REDIS_SERVER``), since there a missing server is a failure."""
+    from tests.support.redis_servers import (
+        SERVER_ENV,
+        RedisBinaryMissing,
+        redis_cli_binary,
+        redis_server_binary,
+    )
+
+    try:
+        redis_server_binary()
+        redis_cli_binary()
+    except RedisBinaryMissing as exc:
+        if os.environ.get(SERVER_ENV, "").strip():
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
 
 
 class _Topology(Protocol):
@@ -53,6 +73,7 @@ class _Kept(list[T]):
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     """A fresh ``redis-server`` of this test's own, stopped afterwards."""
+    _binaries()
     from tests.support.redis_servers import RedisServer
 
     with RedisServer() as server:
@@ -62,6 +83,7 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def shared_redis_server() -> Iterator[RedisServer]:
     """One ``redis-server`` for the session: use keys of your own, do not stop it."""
+    _binaries()
     from tests.support.redis_servers import RedisServer
 
     with RedisServer(name="shared") as server:
@@ -80,6 +102,7 @@ def _kept_sentinel_group() -> Iterator[_Kept[SentinelGroup]]:
 @pytest.fixture
 def redis_sentinel(_kept_sentinel_group: _Kept[SentinelGroup]) -> SentinelGroup:
     """A settled Sentinel group: the module's, or a new one if a test left it unsettled."""
+    _binaries()
     from tests.support.redis_servers import SentinelGroup
 
     return _kept_sentinel_group.settled(lambda: SentinelGroup().start())
@@ -98,6 +121,7 @@ def _kept_cluster() -> Iterator[_Kept[RedisCluster]]:
 def redis_cluster(_kept_cluster: _Kept[RedisCluster]) -> RedisCluster:
     """A settled Cluster (3 primaries, 3 replicas): the module's, or a new one if a test
     left it unsettled."""
+    _binaries()
     from tests.support.redis_servers import RedisCluster
 
     return _kept_cluster.settled(lambda: RedisCluster().start())
