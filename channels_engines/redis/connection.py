@@ -145,6 +145,14 @@ class Login:
         pool = redis.asyncio.BlockingConnectionPool(timeout=wait, **common, **target)
         return redis.asyncio.Redis(connection_pool=pool)
 
+    @staticmethod
+    async def close(client: Any) -> None:
+        """Close a client :meth:`client` made, with its connections to the Sentinels."""
+        await client.aclose(close_connection_pool=True)
+        sentinels = getattr(client.connection_pool, "sentinel_manager", None)
+        if sentinels is not None:
+            await sentinels.aclose()
+
     @property
     def logs_in(self) -> bool:
         return self.credentials is not None or self._fixed is not None

@@ -254,10 +254,7 @@ class RedisEngine(BaseChannelEngine):
                 await task
         client, self._client_obj = self._client_obj, None
         if client is not None:
-            await client.aclose(close_connection_pool=True)
-            sentinels = getattr(client.connection_pool, "sentinel_manager", None)
-            if sentinels is not None:
-                await sentinels.aclose()
+            await self.shared.login.close(client)
 
     # Inspection --------------------------------------------------------------------
 

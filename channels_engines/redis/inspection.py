@@ -52,10 +52,7 @@ class RedisInspection:
         try:
             yield client
         finally:
-            await client.aclose(close_connection_pool=True)
-            sentinels = getattr(client.connection_pool, "sentinel_manager", None)
-            if sentinels is not None:
-                await sentinels.aclose()
+            await self._engine.shared.login.close(client)
 
     async def server(self) -> ServerReport:
         async with self._client() as client:
