@@ -132,6 +132,11 @@ class BaseChannelEngine:
         return None
 
     @classmethod
+    async def close_shared(cls, shared: Any) -> None:
+        """Release what :meth:`create_shared` holds for the process (idle connections kept
+        for the next event loop, say); ``layer.close()`` calls it on any loop."""
+
+    @classmethod
     def setting_warnings(cls, config: EngineConfig, shared: Any) -> list[SettingWarning]:
         """What looks wrong in the settings, found without connecting (Django's system
         checks report each as ``channels_engines.W<code>``). ``shared`` is what

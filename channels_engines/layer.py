@@ -367,6 +367,7 @@ class EngineChannelLayer(BaseChannelLayer):
         loop = asyncio.get_running_loop()
         cancel_before_close(loop, self)
         await self._release(loop)
+        await self._engine_class.close_shared(self._shared)
 
     @property
     def sync(self) -> SyncCalls:

@@ -627,6 +627,7 @@ class ChannelLayerConformance:
             received = [async_to_sync(layer.receive)(channel)["index"] for _ in range(20)]
             assert received == list(range(20))
             async_to_sync(layer.group_discard)("conformance-sync", channel)
+        async_to_sync(layer.close)()
 
 
 def pathological_messages() -> Iterator[tuple[str, dict[str, Any], type[Exception]]]:

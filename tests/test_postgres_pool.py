@@ -270,3 +270,17 @@ def test_the_handoff_keeps_at_most_its_limit_and_only_gives_back_the_same_login(
     assert len(handoff) == 1  # the new login's connection
     handoff.clear()
     assert len(handoff) == 0
+
+
+def test_close_from_a_new_event_loop_releases_the_connections_ended_loops_left(
+    app: str, prefix: str, admin: Admin
+) -> None:
+    """Sync code: each async_to_sync call ends its loop and leaves idle connections for
+    the next; ``async_to_sync(layer.close)()`` runs on a loop that never used the layer,
+    and releases them still."""
+    layer = make_layer(app, prefix=prefix)
+    for n in range(5):
+        async_to_sync(layer.send)("pool.handoff", {"n": n})
+    assert admin.count(app) >= 1
+    async_to_sync(layer.close)()
+    wait_for(lambda: admin.count(app) == 0, "the kept connections to close")

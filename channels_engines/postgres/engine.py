@@ -75,6 +75,12 @@ class PostgresEngine(BaseChannelEngine):
         return setting_warnings(config, shared.login)
 
     @classmethod
+    async def close_shared(cls, shared: Any) -> None:
+        # Idle connections that ended event loops left for the next one: an explicit
+        # close, even from a loop that never used the layer, releases them too.
+        shared.handoff.clear()
+
+    @classmethod
     def create_shared(cls, config: EngineConfig) -> _Shared:
         from .connection import Login
         from .inbox import Inbox
