@@ -7,6 +7,12 @@ awaited longer; redis-py retries nothing by itself (see :class:`.connection.Logi
 Calls that may be repeated (every script but a claim) are repeated on a fresh connection
 with back-off until ``pool_timeout`` has passed; then the caller gets
 :class:`~channels_engines.ServerUnavailableError`, with the client's error chained.
+
+In a cluster, a ``MOVED`` answer corrects the slot map and the call goes again at once
+to the node named; ``ASK`` (a slot half moved) sends that one call to the importing node
+after ``ASKING``; ``TRYAGAIN`` and ``CLUSTERDOWN`` (a slot's keys being moved, a
+failover under way) are waited out like a lost connection. None of these ran the
+command, so a claim may be repeated after them.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any, TypeVar
 
 from ..exceptions import ServerUnavailableError
 from .keys import SCRIPTS, Script
+from .servers import Servers
 
 __all__ = ["call", "is_connection_error", "load_scripts", "run_script", "unavailable"]
 
@@ -27,6 +34,8 @@ T = TypeVar("T")
 # Back-off between attempts (seconds): doubling, with jitter.
 _RETRY_FIRST = 0.02
 _RETRY_MAX = 0.5
+# MOVED answers followed at once; more, and the nodes disagree: pause between them.
+_REDIRECTS_AT_ONCE = 5
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -50,15 +59,37 @@ async def load_scripts(client: Any) -> None:
     await pipe.execute()
 
 
-async def run_script(client: Any, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-    """One script call, loading the scripts once if the server does not know them."""
+async def run_script(
+    servers: Servers, script: Script, keys: Sequence[str], args: Sequence[Any]
+) -> Any:
+    """One script call on the server of ``keys[0]``, loading the scripts once if the
+    server does not know them; on the importing node, once, if told to ``ASK`` there."""
+    from redis.exceptions import AskError
+
+    client = await servers.for_key(keys[0])
     try:
-        return await client.evalsha(script.sha, len(keys), *keys, *args)
-    except Exception as exc:
-        if not is_noscript(exc):
-            raise
-    await load_scripts(client)
-    return await client.evalsha(script.sha, len(keys), *keys, *args)
+        return await _evalsha(client, script, keys, args)
+    except AskError as exc:
+        asked = servers.client_of((exc.host, exc.port))
+    return await _evalsha(asked, script, keys, args, asking=True)
+
+
+async def _evalsha(
+    client: Any, script: Script, keys: Sequence[str], args: Sequence[Any], asking: bool = False
+) -> Any:
+    for attempt in range(2):
+        try:
+            if not asking:
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
+            pipe = client.pipeline(transaction=False)
+            pipe.execute_command("ASKING")
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            return (await pipe.execute())[1]
+        except Exception as exc:
+            if attempt or not is_noscript(exc):
+                raise
+        await load_scripts(client)
+    raise AssertionError("unreachable")
 
 
 async def call(
@@ -68,15 +99,18 @@ async def call(
     what: str,
     where: str,
     refused: Callable[[], bool] | None = None,
+    servers: Servers | None = None,
 ) -> T:
     """Run ``work`` (a call that may be repeated), again after connection failures until
     ``deadline`` seconds have passed. A refused login is tried once more if ``refused()``
-    (told of it) has new credentials to try, else raised as it is."""
+    (told of it) has new credentials to try, else raised as it is. With ``servers``, a
+    cluster's redirections are followed (see the module docstring)."""
     from redis.exceptions import AuthenticationError
 
     until = time.monotonic() + deadline
     pause = _RETRY_FIRST
     login_retried = False
+    redirects = 0
     while True:
         try:
             return await work()
@@ -86,7 +120,16 @@ async def call(
                     raise
                 login_retried = True
                 continue
-            if not is_connection_error(exc):
+            if servers is not None:
+                if servers.redirected(exc):
+                    redirects += 1
+                    if redirects <= _REDIRECTS_AT_ONCE and time.monotonic() < until:
+                        continue  # nodes that disagree meanwhile get the pauses below
+                elif is_connection_error(exc):
+                    servers.failed()
+                elif not servers.may_retry(exc):
+                    raise
+            elif not is_connection_error(exc):
                 raise
             left = until - time.monotonic()
             if left <= 0:

@@ -58,6 +58,22 @@ class Login:
                 f"{where}: CONFIG['service_name'] is given without 'sentinels'. List the "
                 "Sentinels ('host:port') in 'sentinels', or leave 'service_name' out."
             )
+        self._cluster: list[tuple[str, int]] | None = None
+        if settings.get("cluster_nodes") is not None:
+            from .options import parse_address
+
+            if self._sentinels is not None:
+                raise InvalidConfigError(
+                    f"{where}: CONFIG sets both 'sentinels' and 'cluster_nodes'. A Redis "
+                    "Cluster fails over by itself: give 'cluster_nodes' alone."
+                )
+            if "path" in self._target or self._target.get("db", 0) != 0:
+                raise InvalidConfigError(
+                    f"{where}: with 'cluster_nodes', CONFIG['url'] must be a redis:// or "
+                    "rediss:// URL of database 0 (a Redis Cluster has only database 0); "
+                    "its host and port are not used."
+                )
+            self._cluster = [parse_address(plain(item)) for item in settings["cluster_nodes"]]  # type: ignore[misc]
         self._fixed: Credentials | None = None
         self.credentials: CredentialCache | None = None
         if settings.get("credentials") is not None:
@@ -77,8 +93,16 @@ class Login:
         """The Sentinels to ask for the primary, or None for a server given by ``url``."""
         return self._sentinels
 
+    @property
+    def cluster_nodes(self) -> list[tuple[str, int]] | None:
+        """Nodes to learn a Redis Cluster's layout from, or None for one server."""
+        return self._cluster
+
     def describe(self) -> str:
         """Where connections go, for messages: never includes a password."""
+        if self._cluster is not None:
+            where = ",".join(f"{host}:{port}" for host, port in self._cluster)
+            return f"the Redis Cluster of {where}"
         if self._sentinels is not None:
             where = ",".join(f"{host}:{port}" for host, port in self._sentinels)
             return f"the primary of {self.service_name!r} (Sentinels {where})"
@@ -88,16 +112,42 @@ class Login:
         scheme = "rediss" if target.get("ssl") else "redis"
         return f"{scheme}://{target['host']}:{target['port']}/{target['db']}"
 
-    def client(self, *, connections: int, wait: float, timeout: float | None) -> Any:
+    def servers(self, *, connections: int, wait: float, timeout: float | None) -> Any:
+        """The :class:`~.servers.Servers` of this target, with at most ``connections``
+        connections per server (see :meth:`client`)."""
+        from .servers import ClusterServers, OneServer
+
+        if self._cluster is not None:
+            return ClusterServers(
+                self._cluster,
+                lambda at: self.client(connections=connections, wait=wait, timeout=timeout, at=at),
+                self.close,
+                describe=self.describe(),
+            )
+        return OneServer(
+            self.client(connections=connections, wait=wait, timeout=timeout), self.close
+        )
+
+    def client(
+        self,
+        *,
+        connections: int,
+        wait: float,
+        timeout: float | None,
+        at: tuple[str, int] | None = None,
+    ) -> Any:
         """A ``redis.asyncio.Redis`` with at most ``connections`` connections, which waits
         up to ``wait`` seconds for a free one, and ``timeout`` seconds for an answer
-        (None: as long as it takes, for the pub/sub connection)."""
+        (None: as long as it takes, for the pub/sub connection); to the node ``at`` of a
+        cluster, if given."""
         import redis.asyncio
         from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
         target = dict(self._target)
+        if at is not None:
+            target["host"], target["port"] = at
         common: dict[str, Any] = {
             "max_connections": connections,
             "socket_timeout": timeout,

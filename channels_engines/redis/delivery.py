@@ -32,6 +32,7 @@ from ..mailbox import Mailbox
 from .calls import call, is_connection_error, run_script
 from .keys import CLAIM, FORGET, READ, SETTLE, Keys, Script
 from .notes import Announcement, Notary, entry_key, parse
+from .servers import Servers
 
 __all__ = ["Delivery", "Inbox"]
 
@@ -44,7 +45,7 @@ _READ_BATCH = 256
 # senders' capacity checks.
 FORGET_DELAY = 0.02
 
-Client = Callable[[], Awaitable[Any]]
+ServersOf = Callable[[], Awaitable[Servers]]
 
 
 @dataclass
@@ -128,7 +129,7 @@ class Delivery:
         *,
         inbox: Inbox,
         keys: Keys,
-        client: Client,
+        servers: ServersOf,
         consumer: str,
         capacity_for: Callable[[str], int],
         events: Callable[[], Events],
@@ -138,7 +139,7 @@ class Delivery:
     ) -> None:
         self._inbox = inbox
         self._keys = keys
-        self._client = client
+        self._servers = servers
         self._consumer = consumer
         self._capacity_for = capacity_for
         self._events = events
@@ -168,10 +169,13 @@ class Delivery:
         """Take the message of ``found`` (lock held); False when only a read can."""
         inbox = self._inbox
         key = entry_key(found.entry_id)
-        if key <= inbox.cursors.get(queue, (0, 0)):
+        cursor = inbox.cursors.get(queue, (0, 0))
+        if key <= cursor:
             return True  # taken already
         if queue in inbox.backlog:
             return True  # it waits in the stream behind others
+        if entry_key(found.previous) > cursor:
+            return False  # an entry before it was not taken: its announcement was missed
         note = (
             self.notary.read(self._keys.note(queue), found.note)
             if self.notary is not None and found.note
@@ -334,16 +338,18 @@ class Delivery:
                 wanted = inbox.mailbox.unserved(queue)
                 if wanted <= 0 and not unsure:
                     break
-                client = await self._client()
+                servers = await self._servers()
 
-                async def attempt(client: Any = client, wanted: int = wanted) -> tuple[bool, Any]:
+                async def attempt(
+                    servers: Servers = servers, wanted: int = wanted
+                ) -> tuple[bool, Any]:
                     # Again after a lost answer: from this consumer's pending list first.
                     with inbox.lock:
                         from_pending = queue in inbox.unsure
                     count = _READ_BATCH if from_pending else max(wanted, 1)
                     try:
                         found = await run_script(
-                            client,
+                            servers,
                             CLAIM,
                             [stream],
                             [self._consumer, count, "0" if from_pending else ">"],
@@ -362,6 +368,7 @@ class Delivery:
                     what="claiming messages",
                     where=self._where,
                     refused=self._refused,
+                    servers=servers,
                 )
                 with inbox.lock:
                     ids = self._take_claimed(queue, int(server_ms), entries)
@@ -402,13 +409,14 @@ class Delivery:
 
     async def _script(self, script: Script, stream: str, args: list[Any], what: str) -> Any:
         """A script on one stream, repeated after connection failures (it may be)."""
-        client = await self._client()
+        servers = await self._servers()
         return await call(
-            lambda: run_script(client, script, [stream], args),
+            lambda: run_script(servers, script, [stream], args),
             deadline=self._deadline,
             what=what,
             where=self._where,
             refused=self._refused,
+            servers=servers,
         )
 
     async def _settle(self, queue: str, stream: str, ids: list[str]) -> None:

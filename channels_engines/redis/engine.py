@@ -74,8 +74,10 @@ class RedisEngine(BaseChannelEngine):
         from .sending import Writer
 
         options = self._options = config.options
-        self._client_obj: Any = None
-        self._listener: Any = None
+        self._servers_obj: Any = None
+        # Pub/sub connections by server (one, or one per cluster node heard from); the
+        # first also hears of flushes.
+        self._listeners: dict[Any, Any] = {}
         self._failover_watch: Any = None
         self._maintenance: Any = None
         self._watched: dict[str, str] = {}  # pub/sub channel -> queue
@@ -84,7 +86,7 @@ class RedisEngine(BaseChannelEngine):
         self._last_drop_warning = 0.0
         login = shared.login
         self._writer = Writer(
-            client=self._client,
+            servers=self._servers,
             keys=shared.keys,
             sender=shared.senders.lease(),
             expiry=lambda: self.config.expiry,
@@ -96,7 +98,7 @@ class RedisEngine(BaseChannelEngine):
         self._delivery = Delivery(
             inbox=shared.inbox,
             keys=shared.keys,
-            client=self._client,
+            servers=self._servers,
             consumer=client_id,
             capacity_for=lambda queue: self.config.capacity_for(queue),
             events=lambda: self.events,
@@ -107,8 +109,8 @@ class RedisEngine(BaseChannelEngine):
         self._message_keys: tuple[bytes, ...] = ()
         #: Failovers this engine moved its connections for (for tests).
         self.failovers_followed = 0
-        # The server's run id as the listener last saw it, and whether it changed.
-        self._run_id: str | None = None
+        # Each server's run id as its listener last saw it, and whether it changed.
+        self._run_ids: dict[Any, str | None] = {}
         self._server_restarted = False
 
     @property
@@ -160,9 +162,9 @@ class RedisEngine(BaseChannelEngine):
 
         expiry = self.config.group_expiry
         key = self.shared.keys.group(group)
-        client = await self._client()
+        servers = await self._servers()
         await self._call(
-            lambda: run_script(client, JOIN, [key], [channel, "" if expiry is None else expiry]),
+            lambda: run_script(servers, JOIN, [key], [channel, "" if expiry is None else expiry]),
             "group_add()",
             call,
         )
@@ -171,8 +173,12 @@ class RedisEngine(BaseChannelEngine):
         from .calls import call
 
         key = self.shared.keys.group(group)
-        client = await self._client()
-        await self._call(lambda: client.zrem(key, channel), "group_discard()", call)
+        servers = await self._servers()
+
+        async def discard() -> None:
+            await (await servers.for_key(key)).zrem(key, channel)
+
+        await self._call(discard, "group_discard()", call)
 
     async def group_send(self, group: str, message: bytes) -> int:
         from .calls import call, run_script
@@ -180,9 +186,9 @@ class RedisEngine(BaseChannelEngine):
         from .sending import Store
 
         key = self.shared.keys.group(group)
-        client = await self._client()
+        servers = await self._servers()
         members = await self._call(
-            lambda: run_script(client, MEMBERS, [key], []), "group_send()", call
+            lambda: run_script(servers, MEMBERS, [key], []), "group_send()", call
         )
         # One entry per receiving queue: a process's channels share one.
         queues: dict[str, list[str]] = {}
@@ -207,18 +213,21 @@ class RedisEngine(BaseChannelEngine):
         from .calls import call
 
         keys = self.shared.keys
-        client = await self._client()
+        servers = await self._servers()
 
         async def flush() -> None:
-            batch: list[Any] = []
-            async for key in client.scan_iter(match=keys.pattern, count=1000):
-                batch.append(key)
-                if len(batch) >= _FLUSH_BATCH:
-                    await client.unlink(*batch)
-                    batch = []
-            if batch:
-                await client.unlink(*batch)
-            await client.publish(keys.flush, b"")
+            clients = await servers.every()
+            for client in clients:
+                batch: list[Any] = []
+                async for key in client.scan_iter(match=keys.pattern, count=1000):
+                    batch.append(key)
+                    if len(batch) >= _FLUSH_BATCH:
+                        await _unlink(client, batch)
+                        batch = []
+                if batch:
+                    await _unlink(client, batch)
+            # Plain pub/sub: in a cluster too, every node passes it on.
+            await clients[0].publish(keys.flush, b"")
 
         await self._call(flush, "flush()", call)
         self.shared.inbox.clear()
@@ -234,13 +243,13 @@ class RedisEngine(BaseChannelEngine):
         )
         await self._writer.close()
         self.shared.senders.give_back(self._writer.sender)
-        if self._listener is not None:
-            await self._listener.stop()
-            self._listener = None
+        listeners, self._listeners = list(self._listeners.values()), {}
+        for listener in listeners:
+            await listener.stop()
         if self._failover_watch is not None:
             await self._failover_watch.stop()
             self._failover_watch = None
-        if self._client_obj is not None:
+        if self._servers_obj is not None:
             with contextlib.suppress(Exception):
                 await self._delivery.forget()
         if self._maintenance is not None:
@@ -252,9 +261,9 @@ class RedisEngine(BaseChannelEngine):
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
-        client, self._client_obj = self._client_obj, None
-        if client is not None:
-            await self.shared.login.close(client)
+        servers, self._servers_obj = self._servers_obj, None
+        if servers is not None:
+            await servers.close()
 
     # Inspection --------------------------------------------------------------------
 
@@ -265,8 +274,18 @@ class RedisEngine(BaseChannelEngine):
 
     @property
     def listener(self) -> Any:
-        """This loop's pub/sub connection, once something was received."""
-        return self._listener
+        """This loop's (first) pub/sub connection, once something was received."""
+        return next(iter(self._listeners.values()), None)
+
+    @property
+    def listeners(self) -> dict[Any, Any]:
+        """This loop's pub/sub connections by server (by node, in a cluster)."""
+        return dict(self._listeners)
+
+    @property
+    def servers(self) -> Any:
+        """This loop's :class:`~.servers.Servers`, once connected."""
+        return self._servers_obj
 
     @property
     def writer(self) -> Any:
@@ -281,59 +300,133 @@ class RedisEngine(BaseChannelEngine):
     # Receiving ---------------------------------------------------------------------
 
     async def _watch(self, queue: str) -> None:
-        """Make sure this loop's listener hears of ``queue``; start it on first use."""
-        listener = self._listener
-        if listener is None or listener.failed:
-            listener = self._start_listener()
+        """Make sure this loop hears of ``queue``: its channel is subscribed on the
+        listener of its server (started on first use) before the caller waits."""
         keys = self.shared.keys
         channel = keys.note(queue) if queue.endswith("!") else keys.wake(queue)
-        if channel not in self._watched:
-            self._watched[channel] = queue
-            listener.watch([channel])
+        self._watched[channel] = queue
+        listener = self._holder(channel)
+        if listener is None or listener.failed:
+            listener = await self._place(channel)
         try:
             await listener.ready()
         except BaseException:
-            if listener.failed and self._listener is listener:
-                self._listener = None
-                self._watched.clear()
+            if listener.failed:
+                self._forget_listener(listener)
             raise
 
-    def _start_listener(self) -> Any:
+    def _holder(self, channel: str) -> Any:
+        """The listener subscribed to ``channel``, if any."""
+        for listener in self._listeners.values():
+            if listener.wants(channel):
+                return listener
+        return None
+
+    async def _place(self, channel: str) -> Any:
+        """Subscribe ``channel`` on the listener of the server that serves it."""
+        from .calls import call
+
+        servers = await self._servers()
+        node = None
+        if servers.sharded:
+            node = await self._call(lambda: servers.node_of(channel), "receive()", call)
+        listener = self._listeners.get(node)
+        if listener is None or listener.failed:
+            if listener is not None:
+                self._forget_listener(listener)
+            listener = self._start_listener(node)
+        listener.watch([channel])
+        return listener
+
+    def _forget_listener(self, listener: Any) -> None:
+        """Drop a listener whose first connection failed; its channels are placed
+        again by the next receive() or the sweep."""
+        for node, known in list(self._listeners.items()):
+            if known is listener:
+                del self._listeners[node]
+                self._spawn(listener.stop())
+
+    def _start_listener(self, node: Any) -> Any:
         from .listener import Listener
 
         options = self._options
         login = self.shared.login
-        self._listener = Listener(
-            connect=self._connect_listener,
+        servers = self._servers_obj
+        first = not self._listeners
+        describe = login.describe()
+        if node is not None:
+            describe += f" (node {node[0]}:{node[1]})"
+        listener = Listener(
+            connect=lambda: self._connect_listener(node),
             on_message=self._on_message,
             on_subscribed=self._on_subscribed,
-            on_lost=lambda reason: self.events.emit(ListenerLost, reason=reason),
+            on_lost=lambda reason: self._listener_lost(node, reason),
             on_back=lambda away: self.events.emit(
                 ListenerRecovered, away=away, may_have_missed=self._server_restarted
             ),
             heartbeat=options["heartbeat_interval"],
             heartbeat_timeout=options["heartbeat_timeout"],
-            describe=login.describe(),
+            describe=describe,
+            sharded=(lambda channel: channel != self.shared.keys.flush)
+            if servers is not None and servers.sharded
+            else (lambda channel: False),
+            on_moved=self._moved,
         )
-        self._listener.watch([self.shared.keys.flush, *self._watched])
-        self._listener.start()
-        return self._listener
+        self._listeners[node] = listener
+        if first:
+            listener.watch([self.shared.keys.flush])
+        listener.start()
+        return listener
 
-    async def _connect_listener(self) -> Any:
+    def _listener_lost(self, node: Any, reason: str) -> None:
+        self.events.emit(ListenerLost, reason=reason)
+        servers = self._servers_obj
+        if servers is not None and servers.sharded:
+            # The node may have failed over: its channels may belong elsewhere now.
+            servers.failed(node)
+            self._spawn(self._move_from(node))
+
+    async def _move_from(self, node: Any) -> None:
+        """Place again the channels of ``node``'s listener that another node serves now."""
+        listener = self._listeners.get(node)
+        servers = self._servers_obj
+        if listener is None or servers is None:
+            return
+        for channel in listener.wanted:
+            if channel != self.shared.keys.flush and await servers.node_of(channel) != node:
+                listener.unwatch([channel])
+                await self._place(channel)
+
+    def _moved(self, channels: list[str]) -> None:
+        """A node gave ``channels`` back (their slot moved): subscribe them where their
+        slot is now; the subscription's confirmation reads what was missed."""
+        servers = self._servers_obj
+        if servers is None or self._closed:
+            return
+        servers.failed()
+
+        async def move() -> None:
+            for channel in channels:
+                if channel in self._watched and self._holder(channel) is None:
+                    await self._place(channel)
+
+        self._spawn(move())
+
+    async def _connect_listener(self, node: Any) -> Any:
         """A connection of its own (not from the pool), logged in like the others."""
         from .calls import call
 
-        client = await self._client()
+        servers = await self._servers()
 
         async def connect() -> Any:
-            conn = client.connection_pool.make_connection()
+            conn = servers.client_of(node).connection_pool.make_connection()
             try:
                 await conn.connect()
                 # A server that restarted (a new run id) may have lost what it held.
                 await conn.send_command("INFO", "server")
                 run_id = _run_id(await conn.read_response())
-                self._server_restarted = self._run_id not in (None, run_id)
-                self._run_id = run_id
+                self._server_restarted = self._run_ids.get(node) not in (None, run_id)
+                self._run_ids[node] = run_id
             except BaseException:
                 with contextlib.suppress(Exception):
                     await conn.disconnect(nowait=True)
@@ -408,17 +501,30 @@ class RedisEngine(BaseChannelEngine):
         """Safety reads and claims (in case an announcement was lost), expiry, deletion
         of what was taken, credentials."""
         inbox = self.shared.inbox
-        if self._listener is not None and not self._listener.failed:
+        if self._listeners:
             waiting = inbox.mailbox.waiting()
             for channel, queue in list(self._watched.items()):
-                if queue.endswith("!"):
-                    self._read_soon(queue)
-                elif waiting.get(queue):
-                    self._claim_soon(queue)
+                holder = self._holder(channel)
+                if queue.endswith("!") or waiting.get(queue):
+                    if holder is None:
+                        # Given back by a node whose slot moved, and not placed yet.
+                        await self._place(channel)
+                    if queue.endswith("!"):
+                        self._read_soon(queue)
+                    else:
+                        self._claim_soon(queue)
                 else:
                     # Nobody here receives on it now: stop hearing of its messages.
                     del self._watched[channel]
-                    self._listener.unwatch([channel])
+                    if holder is not None:
+                        holder.unwatch([channel])
+            flush = self.shared.keys.flush
+            for node, listener in list(self._listeners.items()):
+                # A cluster node's listener with nothing left to hear (the one that
+                # hears of flushes stays).
+                if not listener.wants_any(exclude=flush) and not listener.wants(flush):
+                    del self._listeners[node]
+                    await listener.stop()
         inbox.mailbox.expire()
         # A sender's retry arrives within its deadline, and expires within ``expiry``.
         inbox.forget_senders(
@@ -429,16 +535,17 @@ class RedisEngine(BaseChannelEngine):
 
     # Connections -------------------------------------------------------------------
 
-    async def _client(self) -> Any:
-        """This loop's client, made on first use (with the maintenance it needs)."""
-        if self._client_obj is None:
+    async def _servers(self) -> Any:
+        """This loop's :class:`~.servers.Servers`, made on first use (with the
+        maintenance it needs)."""
+        if self._servers_obj is None:
             if self._closed:
                 raise RuntimeError("this channel layer engine was closed")
             from .maintenance import Maintenance
 
             options = self._options
             size = options["pool_max_size"]
-            self._client_obj = self.shared.login.client(
+            self._servers_obj = self.shared.login.servers(
                 # With two or more, one is the writer's own (see sending.Writer).
                 connections=size - 1 if size >= 2 else size,
                 wait=options["pool_timeout"],
@@ -451,7 +558,7 @@ class RedisEngine(BaseChannelEngine):
                 interval=options["sweep_interval"], housekeeping=self._housekeeping
             )
             self._maintenance.start()
-        return self._client_obj
+        return self._servers_obj
 
     def _watch_failovers(self) -> None:
         """Hear the Sentinels announce a new primary (see :mod:`.sentinel`)."""
@@ -489,12 +596,12 @@ class RedisEngine(BaseChannelEngine):
         pub/sub connection moves and reads what it missed."""
         logger.warning("%s: a new primary; moving the connections.", self.config.where)
         self.failovers_followed += 1
-        client = self._client_obj
-        if client is not None:
-            await client.connection_pool.disconnect(inuse_connections=True)
+        servers = self._servers_obj
+        if servers is not None:
+            await servers.disconnect()
         await self._writer.drop_connection()
-        if self._listener is not None:
-            self._listener.replace_connection()
+        for listener in self._listeners.values():
+            listener.replace_connection()
 
     async def _call(self, work: Any, what: str, call: Any) -> Any:
         return await call(
@@ -503,6 +610,7 @@ class RedisEngine(BaseChannelEngine):
             what=what,
             where=self.config.where,
             refused=self.shared.login.refused,
+            servers=self._servers_obj,
         )
 
     # Helpers -----------------------------------------------------------------------
@@ -528,6 +636,14 @@ class RedisEngine(BaseChannelEngine):
             logger.warning(message, group, missed, queues)
         else:
             logger.debug(message, group, missed, queues)
+
+
+async def _unlink(client: Any, keys: list[Any]) -> None:
+    """Delete ``keys`` (one command each: in a cluster, keys of one call share a slot)."""
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.unlink(key)
+    await pipe.execute()
 
 
 def _run_id(info: Any) -> str | None:

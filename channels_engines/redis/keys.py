@@ -20,11 +20,12 @@ per group, never one for the whole deployment.
 ``<prefix>:group:{<group>}``
     A sorted set of the group's members, scored by when each membership expires.
 
-Pub/sub (a channel reaches every node of a cluster): ``<prefix>:note:<queue>`` tells the
-process of a queue about each new entry, and carries the message itself when the layer
-can authenticate it (see :mod:`.notes`), so the process needs no read;
-``<prefix>:wake:<channel>`` tells the receivers of a normal channel to claim;
-``<prefix>:flush`` announces a flush.
+Pub/sub: ``<prefix>:note:{<queue>}`` tells the process of a queue about each new entry,
+and carries the message itself when the layer can authenticate it (see :mod:`.notes`),
+so the process needs no read; ``<prefix>:wake:{<channel>}`` tells the receivers of a
+normal channel to claim. Both share their stream's hash tag: in a cluster they are
+sharded channels (``SPUBLISH`` from the store script, on the stream's node). Plain
+``<prefix>:flush`` announces a flush to every node.
 
 Entries carry ``s`` (sender), ``q`` (sequence number), ``x`` (expiry, server
 milliseconds), ``c`` (local parts, for process streams) and ``m`` (the message). Stream
@@ -63,7 +64,9 @@ class Script:
 
 # KEYS: stream, sequence hash. ARGV: capacity, expiry ms, sender, seq, local parts ('' for
 # a normal channel), message, pub/sub channel, note ('' when the message does not ride
-# along), '1' to give a new stream the consumer group. Publishes "<id>|<now>|<note>".
+# along), '1' to give a new stream the consumer group, '1' for sharded pub/sub (a cluster:
+# the channel shares the stream's hash tag). Publishes "<id>|<previous>|<note>", where
+# <previous> is the id of the stream's last entry before it ('0-0': none).
 # Returns the entry id, '' for a retry of a message stored before, 0 when full.
 STORE = Script(
     "store",
@@ -82,6 +85,9 @@ if redis.call('XLEN', stream) >= capacity then
     return 0
   end
 end
+local before = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+local previous = '0-0'
+if before then previous = before[1] end
 local id = redis.call('XADD', stream, '*', 's', ARGV[3], 'q', ARGV[4], 'x', now + expiry,
   'c', ARGV[5], 'm', ARGV[6])
 if ARGV[9] == '1' and redis.call('XLEN', stream) == 1 then
@@ -90,7 +96,9 @@ end
 redis.call('HSET', seqs, ARGV[3], ARGV[4])
 redis.call('PEXPIRE', stream, expiry + 1000)
 redis.call('PEXPIRE', seqs, expiry + 1000)
-redis.call('PUBLISH', ARGV[7], id .. '|' .. now .. '|' .. ARGV[8])
+local publish = 'PUBLISH'
+if ARGV[10] == '1' then publish = 'SPUBLISH' end
+redis.call(publish, ARGV[7], id .. '|' .. previous .. '|' .. ARGV[8])
 return id
 """,
 )
@@ -209,7 +217,7 @@ class Keys:
 
     def note(self, queue: str) -> str:
         """Where a process hears of the messages of one of its queues."""
-        return f"{self.prefix}:note:{queue}"
+        return f"{self.prefix}:note:{{{queue}}}"
 
     def wake(self, name: str) -> str:
-        return f"{self.prefix}:wake:{name}"
+        return f"{self.prefix}:wake:{{{name}}}"

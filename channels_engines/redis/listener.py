@@ -8,6 +8,11 @@ what arrived while it was away; an announcement lost in between cannot lose a me
 
 Between messages, silence longer than ``heartbeat`` is answered with a PING; no answer
 within ``heartbeat_timeout`` (a paused server, a silent network) replaces the connection.
+
+In a cluster the engine has a listener per node it hears from, on sharded channels. A
+node that stops serving a channel's slot (moved, failed over) unsubscribes it, or
+answers ``MOVED`` to the subscription: the listener gives the channel back to the
+engine (``on_moved``), which subscribes it where the slot is now.
 """
 
 from __future__ import annotations
@@ -20,7 +25,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from .servers import slot_of
+
 __all__ = ["Listener"]
+
+# What _read() returns for a MOVED answer it handled.
+_MOVED = object()
 
 logger = logging.getLogger("channels_engines.redis")
 
@@ -45,8 +55,12 @@ class Listener:
         heartbeat: float,
         heartbeat_timeout: float,
         describe: str,
+        sharded: Callable[[str], bool] = lambda channel: False,
+        on_moved: Callable[[list[str]], None] = lambda channels: None,
     ) -> None:
         self._connect = connect
+        self._sharded = sharded
+        self._on_moved = on_moved
         self._on_message = on_message
         self._on_subscribed = on_subscribed
         self._on_lost = on_lost
@@ -91,7 +105,7 @@ class Listener:
         self._wanted |= new
         conn = self._conn
         if conn is not None:
-            task = asyncio.get_running_loop().create_task(self._send("SUBSCRIBE", new))
+            task = asyncio.get_running_loop().create_task(self._send(True, new))
             task.add_done_callback(_log_failure)
 
     def unwatch(self, channels: Iterable[str]) -> None:
@@ -101,8 +115,20 @@ class Listener:
         self._wanted -= gone
         self._confirmed -= gone
         if self._conn is not None:
-            task = asyncio.get_running_loop().create_task(self._send("UNSUBSCRIBE", gone))
+            task = asyncio.get_running_loop().create_task(self._send(False, gone))
             task.add_done_callback(_log_failure)
+
+    def wants(self, channel: str) -> bool:
+        return channel in self._wanted
+
+    def wants_any(self, exclude: str) -> bool:
+        """Whether it subscribes to anything but ``exclude``."""
+        return bool(self._wanted - {exclude})
+
+    @property
+    def wanted(self) -> frozenset[str]:
+        """The channels this listener subscribes to."""
+        return frozenset(self._wanted)
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -126,11 +152,23 @@ class Listener:
 
     # The connection loop ------------------------------------------------------------
 
-    async def _send(self, command: str, channels: Iterable[str]) -> None:
+    async def _send(self, subscribe: bool, channels: Iterable[str]) -> None:
         conn = self._conn
         if conn is not None:
             with contextlib.suppress(Exception):  # a broken connection: the loop reconnects
-                await conn.send_command(command, *sorted(channels))
+                await self._write(conn, subscribe, channels)
+
+    async def _write(self, conn: Any, subscribe: bool, channels: Iterable[str]) -> None:
+        """(Un)subscribe: plain channels in one command; sharded ones one by one (a
+        command's channels must share a slot)."""
+        plain = sorted(c for c in channels if not self._sharded(c))
+        sharded = sorted(c for c in channels if self._sharded(c))
+        commands: list[tuple[str, ...]] = []
+        if plain:
+            commands.append(("SUBSCRIBE" if subscribe else "UNSUBSCRIBE", *plain))
+        commands += [("SSUBSCRIBE" if subscribe else "SUNSUBSCRIBE", c) for c in sharded]
+        if commands:
+            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
 
     async def _run(self) -> None:
         failing_since: float | None = None
@@ -190,24 +228,43 @@ class Listener:
         """Subscribe to every wanted channel and wait for the confirmations; then the
         engine reads what may have arrived before."""
         conn = self._conn
-        wanted = sorted(self._wanted)
-        if wanted:
-            await conn.send_command("SUBSCRIBE", *wanted)
+        await self._write(conn, True, self._wanted)
         deadline = time.monotonic() + self._heartbeat_timeout + self._heartbeat
-        while not set(wanted) <= self._confirmed:
+        while not self._wanted <= self._confirmed:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("the server did not confirm the subscriptions")
-            reply = await conn.read_response(timeout=left, disconnect_on_error=False)
-            if reply is not None:
+            reply = await self._read(conn, left)
+            if reply is not None and reply is not _MOVED:
                 self._handle(reply)
+
+    async def _read(self, conn: Any, timeout: float) -> Any:
+        """The next reply (None: none within ``timeout``); a ``MOVED`` answer to a
+        subscription gives its channels back (and reads as :data:`_MOVED`)."""
+        from redis.exceptions import MovedError
+
+        try:
+            return await conn.read_response(timeout=timeout, disconnect_on_error=False)
+        except MovedError as exc:
+            self._give_back(
+                [c for c in self._wanted if self._sharded(c) and slot_of(c) == exc.slot_id]
+            )
+            return _MOVED
+
+    def _give_back(self, channels: list[str]) -> None:
+        if channels:
+            self._wanted.difference_update(channels)
+            self._confirmed.difference_update(channels)
+            self._on_moved(channels)
 
     async def _serve(self) -> None:
         conn = self._conn
         waiting_for_pong = False
         while True:
             timeout = self._heartbeat_timeout if waiting_for_pong else self._heartbeat
-            reply = await conn.read_response(timeout=timeout, disconnect_on_error=False)
+            reply = await self._read(conn, timeout)
+            if reply is _MOVED:
+                continue
             if reply is None:
                 if waiting_for_pong:
                     raise TimeoutError(
@@ -224,13 +281,18 @@ class Listener:
         if not isinstance(reply, list) or not reply:
             return
         kind = reply[0]
-        if kind == b"message" and len(reply) == 3:
+        if kind in (b"message", b"smessage") and len(reply) == 3:
             self._on_message(reply[1].decode(), reply[2])
-        elif kind == b"subscribe" and len(reply) == 3:
+        elif kind in (b"subscribe", b"ssubscribe") and len(reply) == 3:
             channel = reply[1].decode()
             if channel in self._wanted:
                 self._confirmed.add(channel)
                 self._on_subscribed([channel])
+        elif kind == b"sunsubscribe" and len(reply) == 3:
+            channel = reply[1].decode()
+            if channel in self._wanted:
+                # Not asked for: the node no longer serves the channel's slot.
+                self._give_back([channel])
 
     async def _close_connection(self) -> None:
         conn, self._conn = self._conn, None

@@ -44,11 +44,17 @@ class Note:
 
 @dataclass(frozen=True)
 class Announcement:
-    """What a process hears of a new entry: its id, the server's clock when it was added,
-    and the note (bytes, unverified), empty when the message did not ride along."""
+    """What a process hears of a new entry: its id, the id of the entry before it in the
+    stream when it was added, and the note (bytes, unverified), empty when the message
+    did not ride along.
+
+    With ``previous`` a process knows whether it took everything before the entry: pub/sub
+    can skip announcements without closing the connection (a cluster node that has just
+    failed over), and an entry taken from its note past one never announced would move
+    the cursor over it."""
 
     entry_id: str
-    server_ms: int
+    previous: str
     note: bytes
 
 
@@ -59,12 +65,12 @@ def parse(data: bytes) -> Announcement | None:
         return None
     try:
         entry_id = parts[0].decode("ascii")
-        server_ms = int(parts[1])
-    except (UnicodeDecodeError, ValueError):
+        previous = parts[1].decode("ascii")
+    except UnicodeDecodeError:
         return None
-    if not _is_entry_id(entry_id):
+    if not _is_entry_id(entry_id) or not _is_entry_id(previous):
         return None
-    return Announcement(entry_id, server_ms, parts[2])
+    return Announcement(entry_id, previous, parts[2])
 
 
 class Notary:

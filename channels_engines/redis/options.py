@@ -29,12 +29,12 @@ def check_prefix(value: Any) -> str | None:
     return PREFIX_RULE
 
 
-#: What ``sentinels`` may be, in words.
+#: What ``sentinels`` and ``cluster_nodes`` may be, in words.
 SENTINELS_RULE = "a non-empty list of 'host:port' strings, or None"
 
 
 def check_sentinels(value: Any) -> str | None:
-    """Check ``sentinels``: None when it is allowed, else what is."""
+    """Check ``sentinels`` (or ``cluster_nodes``): None when allowed, else what is."""
     if value is None:
         return None
     if not isinstance(value, (list, tuple)) or not value:
@@ -85,6 +85,16 @@ OPTIONS: Mapping[str, Option] = {
         None,
         "The name the Sentinels monitor the primary under (with 'sentinels').",
         nullable=True,
+    ),
+    "cluster_nodes": Option(
+        (list, tuple),
+        None,
+        "Nodes of a Redis Cluster (7.0 or later) to learn its layout from, as 'host:port' "
+        "strings (one is enough; more are tried in turn); 'url' then gives only the "
+        "scheme and login.",
+        nullable=True,
+        check=check_sentinels,
+        describe_as=SENTINELS_RULE,
     ),
     "prefix": Option(
         (str,),

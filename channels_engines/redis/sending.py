@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..senders import Sender
 from .calls import call, is_noscript, load_scripts
 from .keys import STORE, Keys
+from .servers import Servers
 
 if TYPE_CHECKING:
     from .notes import Notary
@@ -58,7 +59,7 @@ class Writer:
     def __init__(
         self,
         *,
-        client: Callable[[], Awaitable[Any]],
+        servers: Callable[[], Awaitable[Servers]],
         keys: Keys,
         sender: Sender,
         expiry: Callable[[], float],
@@ -67,11 +68,11 @@ class Writer:
         refused: Callable[[], bool],
         own_connection: bool,
     ) -> None:
-        self._client = client
-        # A connection of the writer's own, kept between batches (one of pool_max_size),
-        # or None to take one from the pool per batch.
+        self._servers = servers
+        # A connection of the writer's own per server, kept between batches (one of
+        # pool_max_size), or none: one from the pool per batch.
         self._own = own_connection
-        self._conn: Any = None
+        self._conns: dict[Any, tuple[Any, Any]] = {}
         self._keys = keys
         self.sender = sender
         self._expiry = expiry
@@ -120,8 +121,8 @@ class Writer:
         if task is not None:
             with contextlib.suppress(BaseException):
                 await task
-        conn, self._conn = self._conn, None
-        if conn is not None:
+        conns, self._conns = list(self._conns.values()), {}
+        for _pool, conn in conns:
             with contextlib.suppress(Exception):
                 await conn.disconnect()
 
@@ -144,12 +145,14 @@ class Writer:
             return
         self._number(batch)
         try:
+            servers = await self._servers()
             results = await call(
-                lambda: self._send(batch),
+                lambda: self._send(servers, batch),
                 deadline=self._deadline,
                 what="storing a message",
                 where=self._where,
                 refused=self._refused,
+                servers=servers,
             )
         except Exception as exc:
             for item in batch:
@@ -182,52 +185,119 @@ class Writer:
                     item.payload,
                 )
 
-    async def _send(self, batch: list[Store]) -> list[Any]:
-        """The store scripts of ``batch`` in one round trip on one connection, written and
-        read directly (a pipeline object per batch costs more than the script); loads the
-        scripts and sends again on NOSCRIPT (the store script does nothing twice)."""
-        from redis.exceptions import ResponseError
-
-        client = await self._client()
-        pool = client.connection_pool
+    async def _send(self, servers: Servers, batch: list[Store]) -> list[Any]:
+        """The store scripts of ``batch`` in one round trip per server, written and read
+        directly (a pipeline object per batch costs more than the script). What a server
+        did not run (NOSCRIPT, a cluster's MOVED, ASK or TRYAGAIN) goes again, in order,
+        where it now belongs; the store script does nothing twice."""
         expiry_ms = int(self._expiry() * 1000)
-        commands: list[tuple[Any, ...]] = []
+        commands: list[bytes] = []
+        streams: list[str] = []
         for item in batch:
             stream, seqs = self._keys.stream(item.queue)
             normal = not item.locals
+            streams.append(stream)
             commands.append(
-                (
-                    "EVALSHA",
-                    STORE.sha,
-                    2,
-                    stream,
-                    seqs,
-                    item.capacity,
-                    expiry_ms,
-                    self.sender.id,
-                    item.seq,
-                    item.locals,
-                    item.payload,
-                    self._keys.wake(item.queue) if normal else self._keys.note(item.queue),
-                    item.note,
-                    "1" if normal else "0",
+                _pack(
+                    (
+                        "EVALSHA",
+                        STORE.sha,
+                        2,
+                        stream,
+                        seqs,
+                        item.capacity,
+                        expiry_ms,
+                        self.sender.id,
+                        item.seq,
+                        item.locals,
+                        item.payload,
+                        self._keys.wake(item.queue) if normal else self._keys.note(item.queue),
+                        item.note,
+                        "1" if normal else "0",
+                        "1" if servers.sharded else "0",
+                    )
                 )
             )
         self.batches += 1
-        data = b"".join(_pack(command) for command in commands)
+        results: list[Any] = [None] * len(batch)
+        todo = list(range(len(batch)))
+        asked: dict[int, Any] = {}  # index -> the node a half-moved slot sends it to
+        until = time.monotonic() + self._deadline
+        pause = 0.02
+        while todo:
+            # By server, and whether a half-moved slot sends them there.
+            groups: dict[tuple[Any, bool], list[int]] = {}
+            for index in todo:
+                node = asked.get(index)
+                place = (
+                    (node, True)
+                    if node is not None
+                    else (await servers.node_of(streams[index]), False)
+                )
+                groups.setdefault(place, []).append(index)
+            answers = await asyncio.gather(
+                *(
+                    self._run_on(servers, node, [commands[i] for i in indexes], asking)
+                    for (node, asking), indexes in groups.items()
+                )
+            )
+            todo, asked, wait = [], {}, False
+            for indexes, replies in zip(groups.values(), answers, strict=True):
+                for index, reply in zip(indexes, replies, strict=True):
+                    results[index] = reply
+                    if not isinstance(reply, Exception):
+                        continue
+                    if servers.redirected(reply):
+                        todo.append(index)
+                    elif _is_ask(reply):
+                        asked[index] = reply.node_addr  # type: ignore[attr-defined]
+                        todo.append(index)
+                    elif servers.may_retry(reply):
+                        todo.append(index)
+                        wait = True
+            todo.sort()
+            if todo and not wait:
+                await self._let_go_of_others(servers)
+            if todo and wait:
+                if time.monotonic() + pause > until:
+                    break  # given up: those answer with the error they had
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
+        return results
+
+    async def _run_on(
+        self, servers: Servers, node: Any, commands: list[bytes], asking: bool
+    ) -> list[Any]:
+        """``commands`` on ``node``'s server in one round trip: each answer, or the error
+        it answered with (after ``ASKING`` each, for a slot being imported there)."""
+        from redis.exceptions import ResponseError
+
+        client = servers.client_of(node)
+        pool = client.connection_pool
+        asking_prefix = _pack(("ASKING",)) if asking else b""
+        data = b"".join(asking_prefix + command for command in commands)
         for attempt in range(2):
-            conn = await self._connection(pool)
+            conn = await self._connection(node, pool)
             try:
                 await conn.send_packed_command(data, check_health=False)
                 results: list[Any] = []
                 for _ in commands:
                     try:
+                        if asking:
+                            await conn.read_response(disable_decoding=True)
                         results.append(await conn.read_response(disable_decoding=True))
                     except ResponseError as exc:
                         results.append(exc)
-            except BaseException:
+            except BaseException as exc:
                 self.retries += 1
+                closed_under_us = isinstance(exc, AttributeError) and not conn.is_connected
                 await conn.disconnect()
+                if closed_under_us:
+                    # drop_connection() closed it under this batch (the primary moved):
+                    # redis-py then finds its stream gone. Sent again, like any failure.
+                    from redis.exceptions import ConnectionError
+
+                    raise ConnectionError("the connection was closed while in use") from exc
                 raise
             finally:
                 if not self._own:
@@ -238,21 +308,38 @@ class Writer:
             return results
         return results
 
-    async def drop_connection(self) -> None:
-        """Close the writer's connection (the primary moved); the next batch opens one."""
-        conn = self._conn
-        if conn is not None:
+    async def _let_go_of_others(self, servers: Servers) -> None:
+        """Close connections to servers that hold no keys now (a demoted primary)."""
+        for node in [node for node in self._conns if not servers.serves(node)]:
+            _pool, conn = self._conns.pop(node)
             with contextlib.suppress(Exception):
                 await conn.disconnect()
 
-    async def _connection(self, pool: Any) -> Any:
+    async def drop_connection(self) -> None:
+        """Close the writer's connections (the primary moved); the next batch opens one."""
+        for _pool, conn in list(self._conns.values()):
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+
+    async def _connection(self, node: Any, pool: Any) -> Any:
         if not self._own:
             return await pool.get_connection()
-        if self._conn is None:
-            self._conn = pool.make_connection()
-        if not self._conn.is_connected:
-            await self._conn.connect()
-        return self._conn
+        kept = self._conns.get(node)
+        if kept is None or kept[0] is not pool:
+            if kept is not None:  # that server's pool was closed and made again
+                with contextlib.suppress(Exception):
+                    await kept[1].disconnect()
+            kept = self._conns[node] = (pool, pool.make_connection())
+        conn = kept[1]
+        if not conn.is_connected:
+            await conn.connect()
+        return conn
+
+
+def _is_ask(error: BaseException) -> bool:
+    from redis.exceptions import AskError
+
+    return isinstance(error, AskError)
 
 
 def _pack(args: tuple[Any, ...]) -> bytes:
