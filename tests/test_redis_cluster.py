@@ -276,3 +276,92 @@ def test_cluster_nodes_must_be_host_port_strings(value: Any) -> None:
         EngineChannelLayer(ENGINE="redis", cluster_nodes=value)
     assert str(caught.value).startswith("EngineChannelLayer: CONFIG['cluster_nodes'] ")
     assert "a non-empty list of 'host:port' strings, or None" in str(caught.value)
+
+
+def test_check_stats_and_purge_see_every_primary(redis_cluster: RedisCluster) -> None:
+    import io
+    import json
+
+    from django.core.management import call_command
+    from django.test import override_settings
+
+    prefix = unique("cmd")
+
+    def command(*args: str) -> Any:
+        out = io.StringIO()
+        call_command("channels_engines", *args, "--json", stdout=out, stderr=io.StringIO())
+        return json.loads(out.getvalue())
+
+    async def fill() -> None:
+        layer = make(redis_cluster, prefix=prefix)
+        for n in range(12):
+            await layer.group_add(f"room{n}", f"jobs{n}")
+            await layer.send(f"jobs{n}", {"n": n})
+        await layer.close()
+
+    run(fill())
+    config = {"url": "redis:///0", "cluster_nodes": nodes(redis_cluster), "prefix": prefix}
+    with override_settings(CHANNEL_LAYERS={"default": {"ENGINE": "redis", "CONFIG": config}}):
+        (stats,) = command("stats")
+        (check,) = command("check")
+        purged = command("purge-expired")
+    summary = stats["tables"]["Summary"][0]
+    assert (summary["messages waiting"], summary["queues"], summary["groups"]) == (12, 12, 12)
+    assert summary["memory used"].count(" + ") == 2  # one figure per primary
+    assert (check["ok"], check["server"]) == (True, "Redis 7.0.15")
+    # Each primary is named in its own warnings (the fixtures keep nothing on disk).
+    named = {w.split(": ", 1)[0] for w in check["warnings"] if "keeps nothing on disk" in w}
+    assert named == {f"{h}:{p}" for h, p in (s.address for s in redis_cluster.primaries())}
+    assert purged["removed"] == {"messages": 0, "memberships": 0}
+
+
+def test_a_half_moved_slot_sends_new_keys_to_the_importing_node_with_the_documented_acl(
+    redis_cluster: RedisCluster,
+) -> None:
+    """While a slot is being moved, a key the source does not hold is made on the
+    importing node (the source answers ASK, the engine sends ASKING there first). The
+    layer logs in as a user with only the rights docs/redis.md gives for a cluster."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from redis.crc import key_slot
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "redis.md").read_text()
+    line = next(line for line in docs.splitlines() if line.startswith("ACL SETUSER chat "))
+    rules = [rule for rule in shlex.split(line)[3:] if not rule.startswith(">")]
+    extra = re.search(r"In a cluster, add `([^`]+)`", docs)
+    assert extra is not None
+    rules += extra.group(1).split()
+    for node in redis_cluster.nodes:
+        node.command("ACL", "SETUSER", "chat", "reset", ">cluster-secret", *rules)
+
+    name = unique("halfway").replace("_", "-")
+    slot = key_slot(name.encode())
+    source = redis_cluster.slot_owner(slot)
+    target = next(p for p in redis_cluster.primaries() if p is not source)
+    target.command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.command("CLUSTER", "MYID"))
+    source.command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.command("CLUSTER", "MYID"))
+
+    async def scenario() -> list[Any]:
+        config = {"url": "redis://chat:cluster-secret@/0", "prefix": "channels_engines"}
+        sender, receiver = make(redis_cluster, **config), make(redis_cluster, **config)
+        await receiver.group_add(name, f"{name}.jobs")  # the group's key: {name} too
+        await sender.send(f"{name}.jobs", {"n": 1})
+        await sender.group_send(name, {"n": 2})
+        got = [await asyncio.wait_for(receiver.receive(f"{name}.jobs"), 10) for _ in range(2)]
+        await sender.close()
+        await receiver.close()
+        return got
+
+    try:
+        got = run(scenario())
+        made_there = target.command("CLUSTER", "COUNTKEYSINSLOT", slot)
+        left_at_source = source.command("CLUSTER", "COUNTKEYSINSLOT", slot)
+    finally:
+        redis_cluster.migrate_slot(slot, target)
+        for node in redis_cluster.nodes:
+            node.command("ACL", "DELUSER", "chat")
+    assert got == [{"n": 1}, {"n": 2}]
+    assert made_there > 0
+    assert left_at_source == 0

@@ -1,7 +1,8 @@
 """The redis engine as operators see it: ``manage.py channels_engines check|stats|purge-expired``.
 
-Each view uses one connection of its own, with the layer's login and deadlines, and
-closes it after. What needs attention on a Redis server that carries channel layers:
+Each view uses one connection of its own per server (per primary, in a cluster), with
+the layer's login and deadlines, and closes them after. What needs attention on a Redis
+server that carries channel layers:
 
 - an eviction policy other than ``noeviction``: under memory pressure Redis would delete
   streams and memberships, which loses messages and group members silently;
@@ -43,61 +44,89 @@ class RedisInspection:
         self._per_process = int(options["pool_max_size"]) + 1
 
     @contextlib.asynccontextmanager
-    async def _client(self) -> AsyncIterator[Any]:
-        client = self._engine.shared.login.client(
+    async def _clients(self) -> AsyncIterator[list[Any]]:
+        """A client for each server that holds keys: the server, or every primary."""
+        servers = self._engine.shared.login.servers(
             connections=1,
             wait=float(self._engine.config.options["pool_timeout"]),
             timeout=self._timeout,
         )
         try:
-            yield client
+            yield await servers.every()
         finally:
-            await self._engine.shared.login.close(client)
+            await servers.close()
 
     async def server(self) -> ServerReport:
-        async with self._client() as client:
-            server = await client.info("server")
-            clients = await client.info("clients")
-            limit = _setting(await client.config_get("maxclients"), "maxclients") or "0"
-            ours = await client.client_list()
-            warnings = await _server_warnings(client)
+        """The server, or the primary of a cluster with the fewest connections to spare
+        (every process may connect to every primary)."""
+        reports: list[ServerReport] = []
+        warnings: list[str] = []
+        async with self._clients() as clients:
+            for client in clients:
+                report, found = await self._server(client)
+                reports.append(report)
+                warnings += [_on(client, clients, text) for text in found]
+        tightest = min(
+            reports, key=lambda r: (r.connection_limit or 1 << 62) - (r.in_use_by_others or 0)
+        )
+        return ServerReport(
+            version=tightest.version,
+            per_process=self._per_process,
+            connection_limit=tightest.connection_limit,
+            in_use_by_others=tightest.in_use_by_others,
+            warnings=tuple(warnings),
+        )
+
+    async def _server(self, client: Any) -> tuple[ServerReport, list[str]]:
+        server = await client.info("server")
+        clients = await client.info("clients")
+        limit = _setting(await client.config_get("maxclients"), "maxclients") or "0"
+        ours = await client.client_list()
+        warnings = await _server_warnings(client)
         in_use = int(clients.get("connected_clients", 0))
         mine = sum(1 for entry in ours if entry.get("name") == "channels_engines")
-        return ServerReport(
+        report = ServerReport(
             version=f"Redis {server.get('redis_version', '?')}",
             per_process=self._per_process,
             connection_limit=int(limit),
             in_use_by_others=max(0, in_use - mine - 1),  # less this inspection's own
-            warnings=tuple(warnings),
+            warnings=(),
         )
+        return report, warnings
 
     async def stats(self) -> Stats:
         keys = self._keys
         streams: list[tuple[str, str, int]] = []
         groups: list[tuple[str, int]] = []
-        async with self._client() as client:
-            found: list[str] = []
-            async for key in client.scan_iter(match=keys.pattern, count=_SCAN):
-                found.append(_text(key))
-            pipe = client.pipeline(transaction=False)
-            described: list[tuple[str, str]] = []
-            for key in found:
-                kind, name = _describe(keys.prefix, key)
-                if kind in ("in", "ch"):
-                    pipe.xlen(key)
-                    described.append((kind, name))
-                elif kind == "group":
-                    pipe.zcard(key)
-                    described.append((kind, name))
-            sizes = await pipe.execute() if described else []
-            for (kind, name), size in zip(described, sizes, strict=True):
-                if kind == "group":
-                    groups.append((name, int(size)))
-                else:
-                    streams.append((name, "process" if kind == "in" else "normal", int(size)))
-            memory = await client.info("memory")
-            ours = await client.client_list()
-            warnings = await _server_warnings(client)
+        memory: list[str] = []
+        ours: list[dict[str, Any]] = []
+        warnings: list[str] = []
+        async with self._clients() as clients:
+            for client in clients:
+                found: list[str] = []
+                async for key in client.scan_iter(match=keys.pattern, count=_SCAN):
+                    found.append(_text(key))
+                pipe = client.pipeline(transaction=False)
+                described: list[tuple[str, str]] = []
+                for key in found:
+                    kind, name = _describe(keys.prefix, key)
+                    if kind in ("in", "ch"):
+                        pipe.xlen(key)
+                        described.append((kind, name))
+                    elif kind == "group":
+                        pipe.zcard(key)
+                        described.append((kind, name))
+                sizes = await pipe.execute() if described else []
+                for (kind, name), size in zip(described, sizes, strict=True):
+                    if kind == "group":
+                        groups.append((name, int(size)))
+                    else:
+                        kind_name = "process" if kind == "in" else "normal"
+                        streams.append((name, kind_name, int(size)))
+                memory.append(str((await client.info("memory")).get("used_memory_human", "?")))
+                ours += await client.client_list()
+                found_warnings = await _server_warnings(client)
+                warnings += [_on(client, clients, text) for text in found_warnings]
         streams.sort(key=lambda row: (-row[2], row[0]))
         groups.sort(key=lambda row: (-row[1], row[0]))
         sessions: dict[str, int] = {}
@@ -116,7 +145,7 @@ class RedisInspection:
                             len(streams),
                             len(groups),
                             sum(size for _, size in groups),
-                            memory.get("used_memory_human", "?"),
+                            " + ".join(memory),
                         ),
                     ),
                 ),
@@ -145,19 +174,20 @@ class RedisInspection:
         keys = self._keys
         expiry_ms = int(self._engine.config.expiry * 1000)
         removed = {"messages": 0, "memberships": 0}
-        async with self._client() as client:
-            now_seconds, now_micros = await client.time()
-            now_ms = int(now_seconds) * 1000 + int(now_micros) // 1000
-            async for key in client.scan_iter(match=keys.pattern, count=_SCAN):
-                kind, _ = _describe(keys.prefix, _text(key))
-                if kind in ("in", "ch"):
-                    removed["messages"] += int(
-                        await client.xtrim(key, minid=now_ms - expiry_ms, approximate=False)
-                    )
-                elif kind == "group":
-                    removed["memberships"] += int(
-                        await client.zremrangebyscore(key, "-inf", now_ms)
-                    )
+        async with self._clients() as clients:
+            for client in clients:
+                now_seconds, now_micros = await client.time()
+                now_ms = int(now_seconds) * 1000 + int(now_micros) // 1000
+                async for key in client.scan_iter(match=keys.pattern, count=_SCAN):
+                    kind, _ = _describe(keys.prefix, _text(key))
+                    if kind in ("in", "ch"):
+                        removed["messages"] += int(
+                            await client.xtrim(key, minid=now_ms - expiry_ms, approximate=False)
+                        )
+                    elif kind == "group":
+                        removed["memberships"] += int(
+                            await client.zremrangebyscore(key, "-inf", now_ms)
+                        )
         return Purged(removed)
 
     def schema_script(self, grant_to: str | None = None) -> str:
@@ -169,6 +199,14 @@ class RedisInspection:
         raise NotImplementedError(
             "the redis engine needs no schema: its keys are made as they are used"
         )
+
+
+def _on(client: Any, clients: list[Any], text: str) -> str:
+    """A warning about one server, naming it when there are several (a cluster)."""
+    if len(clients) == 1:
+        return text
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}: {text}"
 
 
 async def _server_warnings(client: Any) -> list[str]:
