@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from channels_engines import EngineChannelLayer, ServerUnavailableError
-from channels_engines.redis.keys import CLAIM, READ, STORE
+from channels_engines.redis.keys import CLAIM, READ, STORE, Keys
 from channels_engines.testing import engine_for
 from tests.support.faultproxy import FaultProxy
 from tests.support.pgtools import run
@@ -68,6 +68,31 @@ def test_a_send_whose_answer_is_lost_is_stored_once(redis_server: RedisServer, a
         got, once = run(scenario())
     assert got == {"n": 1}
     assert once
+
+
+def test_a_refused_send_sent_again_is_refused_again(redis_server: RedisServer) -> None:
+    """A pipeline whose answers were lost goes again whole. If one of its messages was
+    refused (its queue full) and a later one of the same sender stored (a receiver made
+    room in between, on another connection), the first must be refused again, not taken
+    for a message stored before. The store script is called as the writer calls it."""
+    admin = redis_server.admin()
+    keys = Keys("ce")
+    stream, seqs = keys.stream("tight.q!")
+
+    def store(seq: int) -> Any:
+        return admin.evalsha(
+            STORE.sha, 2, stream, seqs, 1, 60_000, "sender-1", seq, "x",
+            b"payload", keys.note("tight.q!"), "", "0", "0",
+        )  # fmt: skip
+
+    admin.script_load(STORE.source)
+    assert store(1) not in ("", 0)  # the queue (capacity 1) is full now
+    assert store(2) == 0  # refused
+    admin.delete(stream)  # a receiver took the first
+    assert store(3) not in ("", 0)
+    assert store(2) == 0  # the retry of 2 is refused again
+    assert store(3) == ""  # and that of 3 recognised as stored
+    assert admin.xlen(stream) == 1
 
 
 @pytest.mark.parametrize("action", ["reset", "blackhole"])

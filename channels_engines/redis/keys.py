@@ -67,21 +67,37 @@ class Script:
 # along), '1' to give a new stream the consumer group, '1' for sharded pub/sub (a cluster:
 # the channel shares the stream's hash tag). Publishes "<id>|<previous>|<note>", where
 # <previous> is the id of the stream's last entry before it ('0-0': none).
-# Returns the entry id, '' for a retry of a message stored before, 0 when full.
+# Returns the entry id, '' for a retry of a message stored before, 0 when full (and for a
+# retry of a message refused before: the sender's refused numbers are kept beside its last).
 STORE = Script(
     "store",
     _NOW
     + """
 local stream, seqs = KEYS[1], KEYS[2]
 local capacity, expiry = tonumber(ARGV[1]), tonumber(ARGV[2])
+local refused_field = ARGV[3] .. ':refused'
 local last = redis.call('HGET', seqs, ARGV[3])
 if last and tonumber(ARGV[4]) <= tonumber(last) then
+  -- Sent before: refused then (a later number was stored since), or stored.
+  local refused = redis.call('HGET', seqs, refused_field)
+  if refused and string.find(',' .. refused .. ',', ',' .. ARGV[4] .. ',', 1, true) then
+    return 0
+  end
   return ''
 end
 local now = now_ms()
 if redis.call('XLEN', stream) >= capacity then
   redis.call('XTRIM', stream, 'MINID', now - expiry)
   if redis.call('XLEN', stream) >= capacity then
+    -- Remembered (the last 64 per sender), so that a retry is refused again.
+    local kept = {}
+    for number in string.gmatch(redis.call('HGET', seqs, refused_field) or '', '[^,]+') do
+      kept[#kept + 1] = number
+    end
+    kept[#kept + 1] = ARGV[4]
+    local first = math.max(1, #kept - 63)
+    redis.call('HSET', seqs, refused_field, table.concat(kept, ',', first))
+    redis.call('PEXPIRE', seqs, expiry + 1000)
     return 0
   end
 end
