@@ -74,6 +74,7 @@ class Login:
                     "its host and port are not used."
                 )
             self._cluster = [parse_address(plain(item)) for item in settings["cluster_nodes"]]  # type: ignore[misc]
+        self._tls = _tls_files(settings, where, self._target.get("ssl", False))
         self._fixed: Credentials | None = None
         self.credentials: CredentialCache | None = None
         if settings.get("credentials") is not None:
@@ -162,6 +163,7 @@ class Login:
             "retry": Retry(NoBackoff(), 0),
             "credential_provider": _AskLogin(self) if self.logs_in else None,
         }
+        common.update(self._tls)
         if self._sentinels is not None:
             from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
@@ -192,6 +194,7 @@ class Login:
             target["connection_class"] = SSLConnection
         elif "path" in target:
             target["connection_class"] = UnixDomainSocketConnection
+            del common["socket_keepalive"]  # a TCP option
         pool = redis.asyncio.BlockingConnectionPool(timeout=wait, **common, **target)
         return redis.asyncio.Redis(connection_pool=pool)
 
@@ -255,6 +258,42 @@ class _AskLogin:
         if credentials.user:
             return (credentials.user, credentials.password.reveal())
         return (credentials.password.reveal(),)
+
+
+_TLS_FILES = {
+    "tls_ca_file": "ssl_ca_certs",
+    "tls_cert_file": "ssl_certfile",
+    "tls_key_file": "ssl_keyfile",
+}
+
+
+def _tls_files(settings: HiddenSettings, where: str, tls: bool) -> dict[str, str]:
+    """redis-py's keywords for the ``tls_*`` settings, each checked: a readable file, and
+    a rediss:// URL to use it with."""
+    import os
+
+    found: dict[str, str] = {}
+    for name, keyword in _TLS_FILES.items():
+        path = plain(settings.get(name))
+        if path is None:
+            continue
+        if not tls:
+            raise InvalidConfigError(
+                f"{where}: CONFIG[{name!r}] is set, but 'url' is not a rediss:// URL: "
+                "connect with rediss:// to use TLS, or leave the tls_* settings out."
+            )
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            raise InvalidConfigError(
+                f"{where}: CONFIG[{name!r}] must name a readable PEM file; {path!r} is not "
+                "one (or this process may not read it)."
+            )
+        found[keyword] = path
+    if ("ssl_certfile" in found) != ("ssl_keyfile" in found):
+        raise InvalidConfigError(
+            f"{where}: CONFIG['tls_cert_file'] and CONFIG['tls_key_file'] go together: a "
+            "client certificate needs its private key."
+        )
+    return found
 
 
 def _parse_url(url: Any) -> tuple[dict[str, Any], str | None, Secret | None] | None:

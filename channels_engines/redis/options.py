@@ -96,6 +96,26 @@ OPTIONS: Mapping[str, Option] = {
         check=check_sentinels,
         describe_as=SENTINELS_RULE,
     ),
+    "tls_ca_file": Option(
+        (str,),
+        None,
+        "With a rediss:// URL: a PEM file of the certificate authorities to trust for the "
+        "server's certificate (None: the system's).",
+        nullable=True,
+    ),
+    "tls_cert_file": Option(
+        (str,),
+        None,
+        "With a rediss:// URL: a PEM file of the client certificate, for a server that "
+        "asks for one (with 'tls_key_file').",
+        nullable=True,
+    ),
+    "tls_key_file": Option(
+        (str,),
+        None,
+        "With a rediss:// URL: the PEM file of the client certificate's private key.",
+        nullable=True,
+    ),
     "prefix": Option(
         (str,),
         "channels_engines",

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from queue import SimpleQueue
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 import redis
@@ -45,6 +45,9 @@ from redis.cluster import RedisCluster as ClusterClient
 from redis.retry import Retry
 
 from tests.support.polling import wait_for
+
+if TYPE_CHECKING:
+    from tests.support.tls import Certificates
 
 HOST = "127.0.0.1"
 #: Where the binaries come from, and which Debian package provides each.
@@ -232,8 +235,10 @@ class RedisServer:
     ``password`` sets ``requirepass`` (and ``masterauth``, for a replica of a server with
     the same password); ``unixsocket`` also listens on ``unix_socket_path``;
     ``appendonly`` keeps every acknowledged write across :meth:`kill` and :meth:`restart`.
-    ``sentinel`` runs it as a Sentinel. The config file is written once, so a restart
-    keeps what the server (or a Sentinel) rewrote in it.
+    ``sentinel`` runs it as a Sentinel. ``tls`` also listens for TLS on ``tls_port``,
+    with certificates of a private CA (:attr:`certificates`), and asks clients for theirs
+    when ``tls`` is ``"required"``. The config file is written once, so a restart keeps
+    what the server (or a Sentinel) rewrote in it.
     """
 
     def __init__(
@@ -245,6 +250,7 @@ class RedisServer:
         appendonly: bool = False,
         sentinel: bool = False,
         cluster: bool = False,
+        tls: Literal[False, "optional", "required"] = False,
         name: str = "redis",
         start_timeout: float = _START_TIMEOUT,
     ) -> None:
@@ -254,6 +260,9 @@ class RedisServer:
         self.appendonly = appendonly
         self.sentinel = sentinel
         self.cluster = cluster
+        self.tls = tls
+        self.tls_port: int | None = None
+        self.certificates: Certificates | None = None
         self.name = name
         self.start_timeout = start_timeout
         self.port: int | None = None
@@ -276,6 +285,12 @@ class RedisServer:
         host, port = self.address
         auth = f":{quote(self.password, safe='')}@" if self.password else ""
         return f"redis://{auth}{host}:{port}/0"
+
+    @property
+    def tls_url(self) -> str:
+        """``rediss://127.0.0.1:<tls port>/0``."""
+        assert self.tls_port is not None, f"{self!r} has no TLS port"
+        return f"rediss://{HOST}:{self.tls_port}/0"
 
     @property
     def unix_socket_path(self) -> Path | None:
@@ -335,9 +350,11 @@ class RedisServer:
         atexit.register(self._stop_at_exit)
         try:
             for attempt in range(_PORT_ATTEMPTS):
-                # A cluster node also listens on its cluster bus port.
-                ports = _free_ports(2 if self.cluster else 1)
-                self.port, self.cluster_port = ports[0], (ports[1] if self.cluster else None)
+                # A cluster node also listens on its cluster bus port; TLS on a port too.
+                ports = _free_ports(1 + bool(self.cluster) + bool(self.tls))
+                self.port = ports.pop(0)
+                self.cluster_port = ports.pop(0) if self.cluster else None
+                self.tls_port = ports.pop(0) if self.tls else None
                 self._write_config()
                 try:
                     self._launch()
@@ -447,6 +464,19 @@ class RedisServer:
                 lines += [f"masterauth {_conf_quote(self.password)}"]
         if self.unixsocket:
             lines += [f"unixsocket {_conf_quote(str(self.unix_socket_path))}", "unixsocketperm 700"]
+        if self.tls:
+            if self.certificates is None:
+                from tests.support.tls import make_certificates
+
+                self.certificates = make_certificates(self.dir / "tls")
+            certificates = self.certificates
+            lines += [
+                f"tls-port {self.tls_port}",
+                f"tls-cert-file {_conf_quote(str(certificates.server_cert))}",
+                f"tls-key-file {_conf_quote(str(certificates.server_key))}",
+                f"tls-ca-cert-file {_conf_quote(str(certificates.ca))}",
+                f"tls-auth-clients {'yes' if self.tls == 'required' else 'optional'}",
+            ]
         if self.cluster:
             lines += [
                 "cluster-enabled yes",
