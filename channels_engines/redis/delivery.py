@@ -264,7 +264,7 @@ class Delivery:
             cursor = key
             expires = int(fields.get(b"x", b"0"))
             sender, seq = fields.get(b"s", b"").decode(), fields.get(b"q", b"").decode()
-            taken.append((entry_id, sender, seq))
+            taken.append((entry_id, "", ""))  # an id the server gave: deleted as it is
             if expires <= server_ms:
                 self._events().count("receive.expired")
                 continue

@@ -15,8 +15,10 @@ per group, never one for the whole deployment.
     moves entries into the claiming process's pending list, so a claim whose answer is
     lost on a dying connection is read again from there, never lost or delivered twice.
 ``<prefix>:in-seq:{<queue>}``, ``<prefix>:ch-seq:{<channel>}``
-    Per stream, the last sequence number each sender stored there: a send retried after
-    a lost answer is recognised and not stored twice.
+    Per stream, the last sequence number each sender stored there (and the last ones it
+    refused): a send retried after a lost answer is recognised and not stored twice, nor
+    stored when it was refused; and the id of the last entry added, which announcements
+    name (see :mod:`.notes`).
 ``<prefix>:group:{<group>}``
     A sorted set of the group's members, scored by when each membership expires.
 
@@ -36,7 +38,7 @@ when nothing was added for its whole expiry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["SCRIPTS", "Keys", "Script"]
 
@@ -54,19 +56,20 @@ class Script:
 
     name: str
     source: str
+    sha: str = field(init=False)
 
-    @property
-    def sha(self) -> str:
+    def __post_init__(self) -> None:
         import hashlib
 
-        return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
+        sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
+        object.__setattr__(self, "sha", sha)
 
 
 # KEYS: stream, sequence hash. ARGV: capacity, expiry ms, sender, seq, local parts ('' for
 # a normal channel), message, pub/sub channel, note ('' when the message does not ride
 # along), '1' to give a new stream the consumer group, '1' for sharded pub/sub (a cluster:
 # the channel shares the stream's hash tag). Publishes "<id>|<previous>|<note>", where
-# <previous> is the id of the stream's last entry before it ('0-0': none).
+# <previous> is the id of the entry added before it ('0-0': none since the stream was made).
 # Returns the entry id, '' for a retry of a message stored before, 0 when full (and for a
 # retry of a message refused before: the sender's refused numbers are kept beside its last).
 STORE = Script(
@@ -76,7 +79,8 @@ STORE = Script(
 local stream, seqs = KEYS[1], KEYS[2]
 local capacity, expiry = tonumber(ARGV[1]), tonumber(ARGV[2])
 local refused_field = ARGV[3] .. ':refused'
-local last = redis.call('HGET', seqs, ARGV[3])
+local found = redis.call('HMGET', seqs, ARGV[3], ':last')
+local last, previous = found[1], found[2] or '0-0'
 if last and tonumber(ARGV[4]) <= tonumber(last) then
   -- Sent before: refused then (a later number was stored since), or stored.
   local refused = redis.call('HGET', seqs, refused_field)
@@ -101,15 +105,12 @@ if redis.call('XLEN', stream) >= capacity then
     return 0
   end
 end
-local before = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
-local previous = '0-0'
-if before then previous = before[1] end
 local id = redis.call('XADD', stream, '*', 's', ARGV[3], 'q', ARGV[4], 'x', now + expiry,
   'c', ARGV[5], 'm', ARGV[6])
 if ARGV[9] == '1' and redis.call('XLEN', stream) == 1 then
   redis.pcall('XGROUP', 'CREATE', stream, 'readers', '0')
 end
-redis.call('HSET', seqs, ARGV[3], ARGV[4])
+redis.call('HSET', seqs, ARGV[3], ARGV[4], ':last', id)
 redis.call('PEXPIRE', stream, expiry + 1000)
 redis.call('PEXPIRE', seqs, expiry + 1000)
 local publish = 'PUBLISH'
@@ -132,16 +133,25 @@ return {now_ms(), redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', ARGV[2])}
 )
 
 # KEYS: a process stream. ARGV: (id, sender, seq) triples of entries taken. An id from a
-# notification is deleted only if the entry there is the one the notification named.
+# notification is deleted only if the entry there is the one the notification named; an id
+# the server gave in a read comes with an empty sender, and is deleted as it is.
 FORGET = Script(
     "forget",
     """
 local deleted = 0
+local read = {}
 for i = 1, #ARGV, 3 do
-  local entry = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])[1]
-  if entry and entry[2][2] == ARGV[i + 1] and entry[2][4] == ARGV[i + 2] then
-    deleted = deleted + redis.call('XDEL', KEYS[1], ARGV[i])
+  if ARGV[i + 1] == '' then
+    read[#read + 1] = ARGV[i]
+  else
+    local entry = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])[1]
+    if entry and entry[2][2] == ARGV[i + 1] and entry[2][4] == ARGV[i + 2] then
+      deleted = deleted + redis.call('XDEL', KEYS[1], ARGV[i])
+    end
   end
+end
+for first = 1, #read, 1000 do
+  deleted = deleted + redis.call('XDEL', KEYS[1], unpack(read, first, math.min(first + 999, #read)))
 end
 return deleted
 """,

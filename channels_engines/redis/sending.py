@@ -235,12 +235,12 @@ class Writer:
                     else (await servers.node_of(streams[index]), False)
                 )
                 groups.setdefault(place, []).append(index)
-            answers = await asyncio.gather(
-                *(
-                    self._run_on(servers, node, [commands[i] for i in indexes], asking)
-                    for (node, asking), indexes in groups.items()
-                )
-            )
+            runs = [
+                self._run_on(servers, node, [commands[i] for i in indexes], asking)
+                for (node, asking), indexes in groups.items()
+            ]
+            # One server (the usual case): no task per batch.
+            answers = [await runs[0]] if len(runs) == 1 else await asyncio.gather(*runs)
             todo, asked, wait = [], {}, False
             for indexes, replies in zip(groups.values(), answers, strict=True):
                 for index, reply in zip(indexes, replies, strict=True):
