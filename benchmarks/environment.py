@@ -47,7 +47,7 @@ def header(servers: dict[str, str], mode: str, repeat: int, load_at_start: float
     return {
         "Command": f"`{command_line()}`",
         "Date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "Machine": f"{os.cpu_count()} cores ({_cpu_model()}), "
+        "Machine": f"{os.cpu_count()} cores ({cpu_model()}), "
         f"{psutil.virtual_memory().total / 2**30:.1f} GiB RAM, {platform.platform()}",
         "Load average (1 min)": f"{load_at_start:.2f} at start, {load_average():.2f} at end "
         f"(on {os.cpu_count()} cores)",
@@ -97,7 +97,8 @@ def _source_tree_version() -> str:
     return f"{version} (source tree, git {head}{', uncommitted changes' if dirty else ''})"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU model name, for the report header."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
             for line in cpuinfo:

@@ -128,7 +128,7 @@ def _redis(
 
 
 #: The redis engine's targets (its issue), against the Redis subjects of the same run.
-#: Cluster scale-out is not measured yet.
+#: Cluster scale-out is measured by benchmarks/cluster.py, which starts servers of its own.
 REDIS_TARGETS: tuple[Target, ...] = (
     _redis("p2p one sender ≥ 2x redis_core", "p2p_1", "rate", ">=", 2, "redis_core"),
     _redis("p2p one sender ≥ 0.8x raw_redis", "p2p_1", "rate", ">=", 0.8, "raw_redis"),
