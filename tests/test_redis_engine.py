@@ -162,6 +162,32 @@ def test_messages_ride_in_their_announcement_when_sealed(redis_server: RedisServ
     assert plain_notes == 0  # unauthenticated: every message is read from the stream
 
 
+def test_concurrent_sends_to_one_queue_are_one_script_call_and_one_announcement(
+    redis_server: RedisServer,
+) -> None:
+    async def scenario() -> tuple[int, int, list[int]]:
+        sender, receiver = make(redis_server, capacity=200), make(redis_server, capacity=200)
+        channel = await receiver.new_channel()
+        first = asyncio.ensure_future(receiver.receive(channel))
+        await sender.send(channel, {"n": -1})
+        await asyncio.wait_for(first, 10)
+        writer = engine_for(sender).writer  # type: ignore[union-attr]
+        delivery = engine_for(receiver).delivery  # type: ignore[union-attr]
+        scripts, notes = writer.scripts, delivery.from_notes
+        # The first goes at once, alone; the other 99 wait for it and go together.
+        await asyncio.gather(*(sender.send(channel, {"n": n}) for n in range(100)))
+        got = [(await receiver.receive(channel))["n"] for _ in range(100)]
+        scripts, notes = writer.scripts - scripts, delivery.from_notes - notes
+        await sender.close()
+        await receiver.close()
+        return scripts, notes, got
+
+    scripts, notes, got = run(scenario())
+    assert got == list(range(100))
+    assert scripts == 2
+    assert notes == 100  # every message taken from its announcement
+
+
 def test_a_forged_announcement_delivers_nothing(redis_server: RedisServer) -> None:
     async def scenario() -> list[Any]:
         receiver = make(redis_server)
@@ -171,8 +197,9 @@ def test_a_forged_announcement_delivers_nothing(redis_server: RedisServer) -> No
         await receiver.send(channel, {"n": 0})
         await asyncio.wait_for(first, 10)
         # Someone who may PUBLISH but holds no key announces a message that is not there.
-        forged = b"9999999999999-0|0-0|n1|1|1|9999999999999|" + channel[len(queue) :].encode()
-        redis_server.admin().publish(f"ce:note:{{{queue}}}", forged + b"|AAAA|{}")
+        note = b"n1|1|1|9999999999999|" + channel[len(queue) :].encode() + b"|AAAA|{}"
+        forged = b"9999999999999-0|0-0|%d|%s" % (len(note), note)
+        redis_server.admin().publish(f"ce:note:{{{queue}}}", forged)
         await receiver.send(channel, {"n": 1})
         got = [await asyncio.wait_for(receiver.receive(channel), 10)]
         await receiver.close()
@@ -205,8 +232,8 @@ def test_an_entry_whose_announcement_was_missed_is_read_before_the_next(
             channel, sender._encode({"n": 1}, channel)
         )
         redis_server.admin().evalsha(
-            STORE.sha, 2, stream, seqs, 100, 60_000, "unheard", 1,
-            channel[len(queue) :], payload, "ce:nowhere", "", "0", "0",
+            STORE.sha, 2, stream, seqs, 100, 60_000, "unheard", "ce:nowhere", "0", "0",
+            1, channel[len(queue) :], payload, "",
         )  # fmt: skip
         await sender.send(channel, {"n": 2})
         got = [await asyncio.wait_for(receiver.receive(channel), 10) for _ in range(2)]

@@ -80,10 +80,11 @@ def test_a_refused_send_sent_again_is_refused_again(redis_server: RedisServer) -
     stream, seqs = keys.stream("tight.q!")
 
     def store(seq: int) -> Any:
-        return admin.evalsha(
-            STORE.sha, 2, stream, seqs, 1, 60_000, "sender-1", seq, "x",
-            b"payload", keys.note("tight.q!"), "", "0", "0",
+        (result,) = admin.evalsha(
+            STORE.sha, 2, stream, seqs, 1, 60_000, "sender-1", keys.note("tight.q!"), "0", "0",
+            seq, "x", b"payload", "",
         )  # fmt: skip
+        return result
 
     admin.script_load(STORE.source)
     assert store(1) not in ("", 0)  # the queue (capacity 1) is full now

@@ -154,16 +154,17 @@ class Delivery:
     # Own queues ----------------------------------------------------------------------
 
     def announced(self, queue: str, data: bytes) -> bool:
-        """An announcement on ``queue``'s channel; True if the stream must be read."""
-        found = parse(data)
-        if found is None:
+        """Announcements on ``queue``'s channel; True if the stream must be read."""
+        announcements = parse(data)
+        if announcements is None:
             return False
         inbox = self._inbox
         with inbox.lock:
             if queue in inbox.reading:
-                inbox.held.setdefault(queue, []).append(found)
+                inbox.held.setdefault(queue, []).extend(announcements)
                 return False
-            return not self._take_announced(queue, found)
+            # Up to the first that only a read can take: the read takes those after it.
+            return any(not self._take_announced(queue, found) for found in announcements)
 
     def _take_announced(self, queue: str, found: Announcement) -> bool:
         """Take the message of ``found`` (lock held); False when only a read can."""

@@ -65,58 +65,84 @@ class Script:
         object.__setattr__(self, "sha", sha)
 
 
-# KEYS: stream, sequence hash. ARGV: capacity, expiry ms, sender, seq, local parts ('' for
-# a normal channel), message, pub/sub channel, note ('' when the message does not ride
-# along), '1' to give a new stream the consumer group, '1' for sharded pub/sub (a cluster:
-# the channel shares the stream's hash tag). Publishes "<id>|<previous>|<note>", where
-# <previous> is the id of the entry added before it ('0-0': none since the stream was made).
-# Returns the entry id, '' for a retry of a message stored before, 0 when full (and for a
-# retry of a message refused before: the sender's refused numbers are kept beside its last).
+# KEYS: stream, sequence hash. ARGV: capacity, expiry ms, sender, pub/sub channel, '1' to
+# give a new stream the consumer group, '1' for sharded pub/sub (a cluster: the channel
+# shares the stream's hash tag), then per message, in the order of their sequence
+# numbers: seq, local parts ('' for a normal channel), message, note ('' when the message
+# does not ride along). Publishes one message that announces every entry added, each as
+# "<id>|<previous>|<length of note>|<note>", where <previous> is the id of the entry added
+# before it ('0-0': none since the stream was made).
+# Returns, per message: the entry id, '' for a retry of a message stored before, 0 when
+# full (and for a retry of a message refused before: the sender's last refused numbers
+# are kept beside its last stored one).
 STORE = Script(
     "store",
     _NOW
     + """
 local stream, seqs = KEYS[1], KEYS[2]
-local capacity, expiry = tonumber(ARGV[1]), tonumber(ARGV[2])
-local refused_field = ARGV[3] .. ':refused'
-local found = redis.call('HMGET', seqs, ARGV[3], ':last')
-local last, previous = found[1], found[2] or '0-0'
-if last and tonumber(ARGV[4]) <= tonumber(last) then
-  -- Sent before: refused then (a later number was stored since), or stored.
-  local refused = redis.call('HGET', seqs, refused_field)
-  if refused and string.find(',' .. refused .. ',', ',' .. ARGV[4] .. ',', 1, true) then
-    return 0
-  end
-  return ''
-end
+local capacity, expiry, sender = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local refused_field = sender .. ':refused'
+local found = redis.call('HMGET', seqs, sender, ':last', refused_field)
+local last, previous, refused = tonumber(found[1]), found[2] or '0-0', found[3] or ''
 local now = now_ms()
-if redis.call('XLEN', stream) >= capacity then
-  redis.call('XTRIM', stream, 'MINID', now - expiry)
-  if redis.call('XLEN', stream) >= capacity then
-    -- Remembered (the last 64 per sender), so that a retry is refused again.
-    local kept = {}
-    for number in string.gmatch(redis.call('HGET', seqs, refused_field) or '', '[^,]+') do
-      kept[#kept + 1] = number
+local length = redis.call('XLEN', stream)
+local trimmed = false
+local results, announced, new_refused = {}, {}, {}
+local stored = nil
+for i = 7, #ARGV, 4 do
+  local seq = ARGV[i]
+  if last and tonumber(seq) <= last then
+    -- Sent before: refused then (a later number was stored since), or stored.
+    if string.find(',' .. refused .. ',', ',' .. seq .. ',', 1, true) then
+      results[#results + 1] = 0
+    else
+      results[#results + 1] = ''
     end
-    kept[#kept + 1] = ARGV[4]
-    local first = math.max(1, #kept - 63)
-    redis.call('HSET', seqs, refused_field, table.concat(kept, ',', first))
-    redis.call('PEXPIRE', seqs, expiry + 1000)
-    return 0
+  else
+    if length >= capacity and not trimmed then
+      redis.call('XTRIM', stream, 'MINID', now - expiry)
+      trimmed = true
+      length = redis.call('XLEN', stream)
+    end
+    if length >= capacity then
+      new_refused[#new_refused + 1] = seq
+      results[#results + 1] = 0
+    else
+      local id = redis.call('XADD', stream, '*', 's', sender, 'q', seq, 'x', now + expiry,
+        'c', ARGV[i + 1], 'm', ARGV[i + 2])
+      length = length + 1
+      if ARGV[5] == '1' and length == 1 then
+        redis.pcall('XGROUP', 'CREATE', stream, 'readers', '0')
+      end
+      local note = ARGV[i + 3]
+      announced[#announced + 1] = id .. '|' .. previous .. '|' .. #note .. '|' .. note
+      previous, stored = id, seq
+      results[#results + 1] = id
+    end
   end
 end
-local id = redis.call('XADD', stream, '*', 's', ARGV[3], 'q', ARGV[4], 'x', now + expiry,
-  'c', ARGV[5], 'm', ARGV[6])
-if ARGV[9] == '1' and redis.call('XLEN', stream) == 1 then
-  redis.pcall('XGROUP', 'CREATE', stream, 'readers', '0')
+if #new_refused > 0 then
+  -- Remembered (the last 64 per sender), so that a retry is refused again.
+  local kept = {}
+  for number in string.gmatch(refused, '[^,]+') do
+    kept[#kept + 1] = number
+  end
+  for _, number in ipairs(new_refused) do
+    kept[#kept + 1] = number
+  end
+  redis.call('HSET', seqs, refused_field, table.concat(kept, ',', math.max(1, #kept - 63)))
 end
-redis.call('HSET', seqs, ARGV[3], ARGV[4], ':last', id)
-redis.call('PEXPIRE', stream, expiry + 1000)
-redis.call('PEXPIRE', seqs, expiry + 1000)
-local publish = 'PUBLISH'
-if ARGV[10] == '1' then publish = 'SPUBLISH' end
-redis.call(publish, ARGV[7], id .. '|' .. previous .. '|' .. ARGV[8])
-return id
+if stored then
+  redis.call('HSET', seqs, sender, stored, ':last', previous)
+  redis.call('PEXPIRE', stream, expiry + 1000)
+  local publish = 'PUBLISH'
+  if ARGV[6] == '1' then publish = 'SPUBLISH' end
+  redis.call(publish, ARGV[4], table.concat(announced))
+end
+if stored or #new_refused > 0 then
+  redis.call('PEXPIRE', seqs, expiry + 1000)
+end
+return results
 """,
 )
 

@@ -58,19 +58,29 @@ class Announcement:
     note: bytes
 
 
-def parse(data: bytes) -> Announcement | None:
-    """The announcement in a pub/sub message, or None if it is not one."""
-    parts = data.split(b"|", 2)
-    if len(parts) != 3:
-        return None
-    try:
-        entry_id = parts[0].decode("ascii")
-        previous = parts[1].decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    if not _is_entry_id(entry_id) or not _is_entry_id(previous):
-        return None
-    return Announcement(entry_id, previous, parts[2])
+def parse(data: bytes) -> list[Announcement] | None:
+    """The announcements in a pub/sub message, in order, or None if it is not made of
+    them: each is "<id>|<previous>|<length of note>|<note>"."""
+    found: list[Announcement] = []
+    at, size = 0, len(data)
+    while at < size:
+        head_end = at
+        for _ in range(3):
+            head_end = data.find(b"|", head_end) + 1
+            if head_end == 0:
+                return None
+        try:
+            entry_id, previous, length = data[at : head_end - 1].decode("ascii").split("|")
+            note_size = int(length)
+        except (UnicodeDecodeError, ValueError):
+            return None
+        if not (_is_entry_id(entry_id) and _is_entry_id(previous) and length.isdigit()):
+            return None
+        at = head_end + note_size
+        if at > size:
+            return None
+        found.append(Announcement(entry_id, previous, data[head_end:at]))
+    return found or None
 
 
 class Notary:

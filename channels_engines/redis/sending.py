@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ class Writer:
         # pool_max_size), or none: one from the pool per batch.
         self._own = own_connection
         self._conns: dict[Any, tuple[Any, Any]] = {}
+        self._queue_parts: dict[str, tuple[str, bytes]] = {}
         self._keys = keys
         self.sender = sender
         self._expiry = expiry
@@ -86,6 +88,8 @@ class Writer:
         #: Pipelines sent, and pipelines sent again after a connection failure (for tests).
         self.batches = 0
         self.retries = 0
+        #: Store scripts run: one per queue per pipeline (for tests).
+        self.scripts = 0
 
     async def store(self, items: list[Store]) -> list[bool]:
         """Store ``items``; for each, whether it was stored (False: its queue was full)."""
@@ -186,74 +190,76 @@ class Writer:
                 )
 
     async def _send(self, servers: Servers, batch: list[Store]) -> list[Any]:
-        """The store scripts of ``batch`` in one round trip per server, written and read
-        directly (a pipeline object per batch costs more than the script). What a server
-        did not run (NOSCRIPT, a cluster's MOVED, ASK or TRYAGAIN) goes again, in order,
-        where it now belongs; the store script does nothing twice."""
-        expiry_ms = int(self._expiry() * 1000)
+        """The messages of ``batch``: one store script per queue, with all of that queue's
+        messages (one announcement for them all), in one round trip per server, written
+        and read directly (a pipeline object per batch costs more than the scripts). What a
+        server did not run (NOSCRIPT, a cluster's MOVED, ASK or TRYAGAIN) goes again, in
+        order, where it now belongs; the store script does nothing twice."""
+        # Each queue's messages, in the order of their sequence numbers.
+        queues: dict[str, list[int]] = {}
+        for index, item in enumerate(batch):
+            queues.setdefault(item.queue, []).append(index)
+        common = _arg(int(self._expiry() * 1000)) + _arg(self.sender.id)
+        sharded = b"$1\r\n1\r\n" if servers.sharded else b"$1\r\n0\r\n"
+        units = list(queues.values())
         commands: list[bytes] = []
         streams: list[str] = []
-        for item in batch:
-            stream, seqs = self._keys.stream(item.queue)
-            normal = not item.locals
+        for indexes in units:
+            first = batch[indexes[0]]
+            stream, queue_part = self._queue_part(first.queue)
+            normal = not first.locals
             streams.append(stream)
-            commands.append(
-                _pack(
-                    (
-                        "EVALSHA",
-                        STORE.sha,
-                        2,
-                        stream,
-                        seqs,
-                        item.capacity,
-                        expiry_ms,
-                        self.sender.id,
-                        item.seq,
-                        item.locals,
-                        item.payload,
-                        self._keys.wake(item.queue) if normal else self._keys.note(item.queue),
-                        item.note,
-                        "1" if normal else "0",
-                        "1" if servers.sharded else "0",
-                    )
-                )
-            )
+            parts = [
+                b"*%d\r\n" % (11 + 4 * len(indexes)),
+                _STORE_HEAD,
+                queue_part,
+                _arg(first.capacity),
+                common,
+                _arg(self._keys.wake(first.queue) if normal else self._keys.note(first.queue)),
+                b"$1\r\n1\r\n" if normal else b"$1\r\n0\r\n",
+                sharded,
+            ]
+            for index in indexes:
+                item = batch[index]
+                parts += (_arg(item.seq), _arg(item.locals), _arg(item.payload), _arg(item.note))
+            commands.append(b"".join(parts))
         self.batches += 1
-        results: list[Any] = [None] * len(batch)
-        todo = list(range(len(batch)))
-        asked: dict[int, Any] = {}  # index -> the node a half-moved slot sends it to
+        self.scripts += len(units)
+        replies: list[Any] = [None] * len(units)
+        todo = list(range(len(units)))
+        asked: dict[int, Any] = {}  # unit -> the node a half-moved slot sends it to
         until = time.monotonic() + self._deadline
         pause = 0.02
         while todo:
             # By server, and whether a half-moved slot sends them there.
             groups: dict[tuple[Any, bool], list[int]] = {}
-            for index in todo:
-                node = asked.get(index)
+            for unit in todo:
+                node = asked.get(unit)
                 place = (
                     (node, True)
                     if node is not None
-                    else (await servers.node_of(streams[index]), False)
+                    else (await servers.node_of(streams[unit]), False)
                 )
-                groups.setdefault(place, []).append(index)
+                groups.setdefault(place, []).append(unit)
             runs = [
-                self._run_on(servers, node, [commands[i] for i in indexes], asking)
-                for (node, asking), indexes in groups.items()
+                self._run_on(servers, node, [commands[u] for u in members], asking)
+                for (node, asking), members in groups.items()
             ]
             # One server (the usual case): no task per batch.
             answers = [await runs[0]] if len(runs) == 1 else await asyncio.gather(*runs)
             todo, asked, wait = [], {}, False
-            for indexes, replies in zip(groups.values(), answers, strict=True):
-                for index, reply in zip(indexes, replies, strict=True):
-                    results[index] = reply
+            for members, answered in zip(groups.values(), answers, strict=True):
+                for unit, reply in zip(members, answered, strict=True):
+                    replies[unit] = reply
                     if not isinstance(reply, Exception):
                         continue
                     if servers.redirected(reply):
-                        todo.append(index)
+                        todo.append(unit)
                     elif _is_ask(reply):
-                        asked[index] = reply.node_addr  # type: ignore[attr-defined]
-                        todo.append(index)
+                        asked[unit] = reply.node_addr  # type: ignore[attr-defined]
+                        todo.append(unit)
                     elif servers.may_retry(reply):
-                        todo.append(index)
+                        todo.append(unit)
                         wait = True
             todo.sort()
             if todo and not wait:
@@ -263,7 +269,21 @@ class Writer:
                     break  # given up: those answer with the error they had
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 0.5)
+        results: list[Any] = [None] * len(batch)
+        for indexes, reply in zip(units, replies, strict=True):
+            for position, index in enumerate(indexes):
+                results[index] = reply if isinstance(reply, Exception) else reply[position]
         return results
+
+    def _queue_part(self, queue: str) -> tuple[str, bytes]:
+        """A queue's stream, and its stream and sequence hash as packed arguments."""
+        found = self._queue_parts.get(queue)
+        if found is None:
+            if len(self._queue_parts) >= _QUEUE_PARTS:
+                self._queue_parts.clear()
+            stream, seqs = self._keys.stream(queue)
+            found = self._queue_parts[queue] = (stream, _arg(stream) + _arg(seqs))
+        return found
 
     async def _run_on(
         self, servers: Servers, node: Any, commands: list[bytes], asking: bool
@@ -279,15 +299,20 @@ class Writer:
         for attempt in range(2):
             conn = await self._connection(node, pool)
             try:
-                await conn.send_packed_command(data, check_health=False)
-                results: list[Any] = []
-                for _ in commands:
-                    try:
-                        if asking:
-                            await conn.read_response(disable_decoding=True)
-                        results.append(await conn.read_response(disable_decoding=True))
-                    except ResponseError as exc:
-                        results.append(exc)
+                # The writer's own connections have no socket timeout (redis-py would run
+                # every write in a task of its own to apply it): one deadline per batch.
+                async with _deadline(self._own and pool.connection_kwargs.get("socket_timeout")):
+                    if not conn.is_connected:
+                        await conn.connect()
+                    await conn.send_packed_command(data, check_health=False)
+                    results: list[Any] = []
+                    for _ in commands:
+                        try:
+                            if asking:
+                                await conn.read_response(disable_decoding=True)
+                            results.append(await conn.read_response(disable_decoding=True))
+                        except ResponseError as exc:
+                            results.append(exc)
             except BaseException as exc:
                 self.retries += 1
                 closed_under_us = isinstance(exc, AttributeError) and not conn.is_connected
@@ -329,11 +354,20 @@ class Writer:
             if kept is not None:  # that server's pool was closed and made again
                 with contextlib.suppress(Exception):
                     await kept[1].disconnect()
-            kept = self._conns[node] = (pool, pool.make_connection())
-        conn = kept[1]
-        if not conn.is_connected:
-            await conn.connect()
-        return conn
+            untimed = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+            kept = self._conns[node] = (pool, untimed)
+        return kept[1]
+
+
+def _deadline(seconds: float | bool | None) -> Any:
+    """A deadline for the block (none for None or False)."""
+    if not seconds:
+        return contextlib.nullcontext()
+    if sys.version_info >= (3, 11):
+        return asyncio.timeout(seconds)
+    from async_timeout import timeout  # type: ignore[import-not-found,unused-ignore]
+
+    return timeout(seconds)
 
 
 def _is_ask(error: BaseException) -> bool:
@@ -342,15 +376,21 @@ def _is_ask(error: BaseException) -> bool:
     return isinstance(error, AskError)
 
 
-def _pack(args: tuple[Any, ...]) -> bytes:
-    """One command in RESP, for the arguments the writer sends (str, int, bytes)."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, str):
-            data = arg.encode()
-        else:
-            data = b"%d" % arg
-        parts += (b"$%d\r\n" % len(data), data, b"\r\n")
-    return b"".join(parts)
+def _arg(value: str | bytes | int) -> bytes:
+    """One argument of a command in RESP (str, int or bytes)."""
+    if isinstance(value, str):
+        value = value.encode()
+    elif isinstance(value, int):
+        value = b"%d" % value
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _pack(args: tuple[str | bytes | int, ...]) -> bytes:
+    """One command in RESP."""
+    return b"*%d\r\n" % len(args) + b"".join(_arg(arg) for arg in args)
+
+
+# What every store command starts with, after its length: EVALSHA, the script, two keys.
+_STORE_HEAD = _arg("EVALSHA") + _arg(STORE.sha) + _arg(2)
+# Queues whose packed key names are kept (then forgotten all at once).
+_QUEUE_PARTS = 10_000
