@@ -157,7 +157,8 @@ class ListenerRecovered(Event):
 @dataclass(frozen=True, slots=True)
 class ConnectionsChanged(Event):
     """The layer now holds ``held`` server connections of kind ``purpose`` in this
-    process (postgres: ``"pool"``, counting those being opened, and ``"listen"``)."""
+    process (postgres: ``"pool"``, counting those being opened, and ``"listen"``; redis:
+    ``"commands"``, the pools and the writer's, and ``"pubsub"``)."""
 
     purpose: str
     held: int

@@ -188,6 +188,45 @@ def test_concurrent_sends_to_one_queue_are_one_script_call_and_one_announcement(
     assert notes == 100  # every message taken from its announcement
 
 
+def test_connections_held_are_reported_to_hooks_until_close(redis_server: RedisServer) -> None:
+    """The Prometheus gauge of connections follows what the server sees, by purpose."""
+    from prometheus_client import CollectorRegistry
+
+    from channels_engines.contrib.prometheus import Metrics
+
+    registries = {"sender": CollectorRegistry(), "receiver": CollectorRegistry()}
+
+    def held(side: str, purpose: str) -> float:
+        labels = {"alias": "", "engine": "redis", "purpose": purpose}
+        value = registries[side].get_sample_value("channels_engines_connections", labels)
+        return 0.0 if value is None else value
+
+    def everything() -> dict[str, float]:
+        return {f"{s}.{p}": held(s, p) for s in registries for p in ("commands", "pubsub")}
+
+    async def scenario() -> tuple[dict[str, float], int]:
+        sender = make(redis_server, hooks=[Metrics(registry=registries["sender"])])
+        receiver = make(redis_server, hooks=[Metrics(registry=registries["receiver"])])
+        channel = await receiver.new_channel()
+        waiting = asyncio.ensure_future(receiver.receive(channel))
+        await sender.send(channel, {"n": 1})
+        await asyncio.wait_for(waiting, 10)
+        await sender.send("counted.jobs", {"n": 2})
+        await asyncio.wait_for(receiver.receive("counted.jobs"), 10)
+        seen = everything(), our_connections(redis_server)
+        await sender.close()
+        await receiver.close()
+        return seen
+
+    (during, on_server) = run(scenario())
+    assert during["receiver.pubsub"] == 1
+    assert during["sender.pubsub"] == 0
+    assert during["sender.commands"] >= 1
+    assert during["receiver.commands"] >= 1
+    assert sum(during.values()) == on_server
+    assert set(everything().values()) == {0}
+
+
 def test_a_forged_announcement_delivers_nothing(redis_server: RedisServer) -> None:
     async def scenario() -> list[Any]:
         receiver = make(redis_server)

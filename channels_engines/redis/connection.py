@@ -10,7 +10,7 @@ connections.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -113,21 +113,26 @@ class Login:
         scheme = "rediss" if target.get("ssl") else "redis"
         return f"{scheme}://{target['host']}:{target['port']}/{target['db']}"
 
-    def servers(self, *, connections: int, wait: float, timeout: float | None) -> Any:
+    def servers(
+        self,
+        *,
+        connections: int,
+        wait: float,
+        timeout: float | None,
+        count: Counter | None = None,
+    ) -> Any:
         """The :class:`~.servers.Servers` of this target, with at most ``connections``
         connections per server (see :meth:`client`)."""
         from .servers import ClusterServers, OneServer
 
-        if self._cluster is not None:
-            return ClusterServers(
-                self._cluster,
-                lambda at: self.client(connections=connections, wait=wait, timeout=timeout, at=at),
-                self.close,
-                describe=self.describe(),
+        def client(at: tuple[str, int] | None = None) -> Any:
+            return self.client(
+                connections=connections, wait=wait, timeout=timeout, at=at, count=count
             )
-        return OneServer(
-            self.client(connections=connections, wait=wait, timeout=timeout), self.close
-        )
+
+        if self._cluster is not None:
+            return ClusterServers(self._cluster, client, self.close, describe=self.describe())
+        return OneServer(client(), self.close)
 
     def client(
         self,
@@ -136,11 +141,13 @@ class Login:
         wait: float,
         timeout: float | None,
         at: tuple[str, int] | None = None,
+        count: Counter | None = None,
     ) -> Any:
         """A ``redis.asyncio.Redis`` with at most ``connections`` connections, which waits
         up to ``wait`` seconds for a free one, and ``timeout`` seconds for an answer
         (None: as long as it takes, for the pub/sub connection); to the node ``at`` of a
-        cluster, if given."""
+        cluster, if given. ``count(purpose, +1 or -1)`` hears of every connection opened
+        and closed (see :func:`_counted`)."""
         import redis.asyncio
         from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
         from redis.asyncio.retry import Retry
@@ -181,20 +188,25 @@ class Login:
             )
             # Past max_connections this pool raises instead of waiting; the engine's
             # calls then try again until pool_timeout.
-            return redis.asyncio.Redis(
-                connection_pool=pool_class(
-                    self.service_name,
-                    sentinel,
-                    ssl=target.get("ssl", False),
-                    db=target.get("db", 0),
-                    **common,
-                )
+            sentinel_pool = pool_class(
+                self.service_name,
+                sentinel,
+                ssl=target.get("ssl", False),
+                db=target.get("db", 0),
+                **common,
             )
+            if count is not None:
+                sentinel_pool.connection_class = _counted(sentinel_pool.connection_class, count)
+            return redis.asyncio.Redis(connection_pool=sentinel_pool)
         if target.pop("ssl", False):
             target["connection_class"] = SSLConnection
         elif "path" in target:
             target["connection_class"] = UnixDomainSocketConnection
             del common["socket_keepalive"]  # a TCP option
+        if count is not None:
+            target["connection_class"] = _counted(
+                target.get("connection_class", redis.asyncio.Connection), count
+            )
         pool = redis.asyncio.BlockingConnectionPool(timeout=wait, **common, **target)
         return redis.asyncio.Redis(connection_pool=pool)
 
@@ -258,6 +270,36 @@ class _AskLogin:
         if credentials.user:
             return (credentials.user, credentials.password.reveal())
         return (credentials.password.reveal(),)
+
+
+#: Told of each connection opened (+1) or closed (-1), and what it is for.
+Counter = Callable[[str, int], None]
+
+
+def _counted(connection_class: type[Any], count: Counter) -> type[Any]:
+    """``connection_class``, telling ``count`` when a connection opens and closes. Its
+    ``purpose`` is ``"commands"`` unless set before it connects (``"pubsub"``)."""
+
+    class Counted(connection_class):  # type: ignore[misc]
+        purpose = "commands"
+        _counted = False
+
+        async def _connect(self) -> None:
+            await super()._connect()
+            if not self._counted:
+                self._counted = True
+                count(self.purpose, 1)
+
+        async def disconnect(self, *args: Any, **kwargs: Any) -> None:
+            try:
+                await super().disconnect(*args, **kwargs)
+            finally:
+                if self._counted:
+                    self._counted = False
+                    count(self.purpose, -1)
+
+    Counted.__name__ = Counted.__qualname__ = connection_class.__name__
+    return Counted
 
 
 _TLS_FILES = {

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from channels.exceptions import ChannelFull
@@ -26,7 +26,7 @@ from channels.exceptions import ChannelFull
 from .._version import __version__
 from ..contract import BaseChannelEngine, EngineConfig
 from ..exceptions import ChannelLayerClosed
-from ..hooks import ListenerLost, ListenerRecovered
+from ..hooks import ConnectionsChanged, ListenerLost, ListenerRecovered
 from ..requirements import Requirement
 from ..senders import Senders
 from ..validation import non_local_name
@@ -306,6 +306,8 @@ class RedisEngine(BaseChannelEngine):
         channel = keys.note(queue) if queue.endswith("!") else keys.wake(queue)
         self._watched[channel] = queue
         listener = self._holder(channel)
+        if listener is not None and listener.is_ready:
+            return  # the usual case: subscribed already
         if listener is None or listener.failed:
             listener = await self._place(channel)
         try:
@@ -420,6 +422,7 @@ class RedisEngine(BaseChannelEngine):
 
         async def connect() -> Any:
             conn = servers.client_of(node).connection_pool.make_connection()
+            conn.purpose = "pubsub"  # counted as such (see connection._counted)
             try:
                 await conn.connect()
                 # A server that restarted (a new run id) may have lost what it held.
@@ -546,6 +549,7 @@ class RedisEngine(BaseChannelEngine):
             options = self._options
             size = options["pool_max_size"]
             self._servers_obj = self.shared.login.servers(
+                count=self._count_connections,
                 # With two or more, one is the writer's own (see sending.Writer).
                 connections=size - 1 if size >= 2 else size,
                 wait=options["pool_timeout"],
@@ -602,6 +606,13 @@ class RedisEngine(BaseChannelEngine):
         await self._writer.drop_connection()
         for listener in self._listeners.values():
             listener.replace_connection()
+
+    def _count_connections(self, purpose: str, delta: int) -> None:
+        """Keep the process-wide count of the layer's connections, and report it."""
+        shared = self.shared
+        with shared.inbox.lock:
+            shared.connections[purpose] = held = shared.connections.get(purpose, 0) + delta
+        self.events.emit(ConnectionsChanged, purpose=purpose, held=held)
 
     async def _call(self, work: Any, what: str, call: Any) -> Any:
         return await call(
@@ -663,6 +674,8 @@ class _Shared:
     keys: Any
     inbox: Any
     senders: Senders
+    #: Connections the layer holds in this process, by purpose ("commands", "pubsub").
+    connections: dict[str, int] = field(default_factory=dict)
 
     @property
     def mailbox(self) -> Any:

@@ -89,6 +89,11 @@ class Listener:
         """The first connection failed: the listener stopped and reported it."""
         return self._ready.done() and self._ready.exception() is not None
 
+    @property
+    def is_ready(self) -> bool:
+        """The first connection has subscribed (:meth:`ready` would return at once)."""
+        return self._ready.done() and self._ready.exception() is None
+
     async def ready(self) -> None:
         """Wait until the first connection has subscribed (or raise why it could not)."""
         await asyncio.shield(self._ready)
