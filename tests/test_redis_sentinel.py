@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from channels_engines import EngineChannelLayer
+from channels_engines import EngineChannelLayer, ServerUnavailableError
 from channels_engines.exceptions import InvalidConfigError
 from channels_engines.testing import engine_for
 from tests.support.pgtools import run
@@ -25,9 +25,9 @@ pytestmark = pytest.mark.redis
 
 
 def make(group: SentinelGroup, **options: Any) -> EngineChannelLayer:
+    options.setdefault("url", "redis:///0")
     return EngineChannelLayer(
         ENGINE="redis",
-        url="redis:///0",
         sentinels=[f"{host}:{port}" for host, port in group.sentinels],
         service_name=group.service_name,
         prefix="ce",
@@ -109,6 +109,62 @@ def test_a_failover_during_traffic_duplicates_nothing_and_is_followed(
     missing = sorted(set(sent) - set(got))
     assert all(n < after for n in missing), missing
     print(f"failover: {len(missing)} of {len(sent)} acknowledged sends lost, all before it")
+
+
+def test_sentinels_that_ask_for_a_password_get_it_from_sentinel_credentials() -> None:
+    """Sentinels with a password of their own (requirepass), guarding a primary with
+    another: the layer asks the Sentinels with ``sentinel_credentials``, including on the
+    connection that hears of failovers, and follows one."""
+    from tests.redis_fixtures import _binaries
+
+    _binaries()
+    with SentinelGroup(password="data-secret", sentinel_password="sentinel-secret") as group:
+        sentinel_login = {"provider": "static", "password": "sentinel-secret"}
+
+        async def scenario() -> tuple[list[Any], int]:
+            options: dict[str, Any] = {
+                "url": "redis://:data-secret@/0",
+                "sentinel_credentials": sentinel_login,
+            }
+            sender, receiver = make(group, **options), make(group, **options)
+            own = await receiver.new_channel()
+            first = asyncio.ensure_future(receiver.receive(own))
+            await sender.send(own, {"n": 1})
+            got = [await asyncio.wait_for(first, 10)]
+            await asyncio.to_thread(group.failover)
+            engine = engine_for(sender)
+            assert engine is not None
+            await await_for(lambda: engine.failovers_followed >= 1, "the failover followed", 20)
+            await sender.send(own, {"n": 2})
+            got.append(await asyncio.wait_for(receiver.receive(own), 20))
+            followed = engine.failovers_followed
+            await sender.close()
+            await receiver.close()
+            return got, followed
+
+        got, followed = run(scenario(), timeout=60)
+
+        async def without() -> None:
+            layer = make(group, url="redis://:data-secret@/0", pool_timeout=1.0)
+            try:
+                await layer.send("sentinel.jobs", {"n": 1})
+            finally:
+                await layer.close()
+
+        with pytest.raises(ServerUnavailableError):
+            run(without())
+    assert got == [{"n": 1}, {"n": 2}]
+    assert followed >= 1
+
+
+def test_sentinel_credentials_without_sentinels_are_refused() -> None:
+    with pytest.raises(InvalidConfigError) as caught:
+        EngineChannelLayer(ENGINE="redis", sentinel_credentials="env")
+    assert str(caught.value) == (
+        "EngineChannelLayer: CONFIG['sentinel_credentials'] is given without 'sentinels'. "
+        "It is the login of the Sentinels themselves; the primary's login is "
+        "'credentials' (or the one in 'url')."
+    )
 
 
 @pytest.mark.parametrize(

@@ -72,9 +72,9 @@ def unregister_credential_provider(name: str) -> None:
     credential_providers.unregister(name)
 
 
-def resolve_provider(value: Any, *, where: str) -> CredentialProvider:
-    """A provider from CONFIG['credentials']: a name, a dotted path, an instance, or a
-    dict ``{"provider": name, **options}``.
+def resolve_provider(value: Any, *, where: str, option: str = "credentials") -> CredentialProvider:
+    """A provider from CONFIG[option] (``credentials``, or another setting of the same
+    kind): a name, a dotted path, an instance, or a dict ``{"provider": name, **options}``.
 
     A name or dict from a validated CONFIG arrives concealed (its strings are
     :class:`~channels_engines.redaction.Secret`); one given directly may be plain.
@@ -83,22 +83,23 @@ def resolve_provider(value: Any, *, where: str) -> CredentialProvider:
         return value
     # Opaque (error trackers record the local variables of a raising frame, walking
     # dicts): the options may hold a password or a token.
+    key = f"CONFIG[{option!r}]"
     options = HiddenSettings()
-    setting = None
+    setting = None if option == "credentials" else key
     if isinstance(value, (Mapping, HiddenSettings)):
-        setting = "CONFIG['credentials']['provider']"
+        setting = f"{key}['provider']"
         options = HiddenSettings(value)
         value = options.get("provider")
         if value is None:
             raise InvalidConfigError(
-                f"{where}: CONFIG['credentials'] is a dict without 'provider'. Write "
+                f"{where}: {key} is a dict without 'provider'. Write "
                 "{'provider': NAME, ...options}; available credential providers: "
                 f"{', '.join(repr(name) for name in credential_providers.names())}."
             )
         options = options.without("provider")
     elif not isinstance(value, (str, Secret, type)):
         raise InvalidConfigError(
-            f"{where}: CONFIG['credentials'] must be a provider name, a dotted path, a "
+            f"{where}: {key} must be a provider name, a dotted path, a "
             f"CredentialProvider instance or a dict with 'provider', not {type(value).__name__}."
         )
     cls = credential_providers.load(value, where=where, setting=setting)
@@ -114,7 +115,7 @@ def resolve_provider(value: Any, *, where: str) -> CredentialProvider:
     validated = validate_options(
         options,
         cls.options,
-        where=f"{where}: CONFIG['credentials']",
+        where=f"{where}: {key}",
         owner=f"the credential provider {name!r}",
     )
     try:

@@ -10,7 +10,7 @@ connections.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -75,6 +75,19 @@ class Login:
                 )
             self._cluster = [parse_address(plain(item)) for item in settings["cluster_nodes"]]  # type: ignore[misc]
         self._tls = _tls_files(settings, where, self._target.get("ssl", False))
+        #: Where the Sentinels' own login comes from, when they ask for one.
+        self.sentinel_credentials: CredentialCache | None = None
+        if settings.get("sentinel_credentials") is not None:
+            if self._sentinels is None:
+                raise InvalidConfigError(
+                    f"{where}: CONFIG['sentinel_credentials'] is given without 'sentinels'. "
+                    "It is the login of the Sentinels themselves; the primary's login is "
+                    "'credentials' (or the one in 'url')."
+                )
+            provider = resolve_provider(
+                settings["sentinel_credentials"], where=where, option="sentinel_credentials"
+            )
+            self.sentinel_credentials = CredentialCache(provider, describe=repr(provider))
         self._fixed: Credentials | None = None
         self.credentials: CredentialCache | None = None
         if settings.get("credentials") is not None:
@@ -168,7 +181,7 @@ class Login:
             # The engine decides what may be sent again: a claim whose answer was lost
             # must not be repeated blindly, nor a send without its sequence number.
             "retry": Retry(NoBackoff(), 0),
-            "credential_provider": _AskLogin(self) if self.logs_in else None,
+            "credential_provider": _AskLogin(self.current) if self.logs_in else None,
         }
         common.update(self._tls)
         if self._sentinels is not None:
@@ -184,6 +197,7 @@ class Login:
                     "socket_connect_timeout": min(wait, 10.0),
                     "protocol": 2,
                     "retry": Retry(NoBackoff(), 0),
+                    "credential_provider": self.sentinel_login(),
                 },
             )
             # Past max_connections this pool raises instead of waiting; the engine's
@@ -209,6 +223,12 @@ class Login:
             )
         pool = redis.asyncio.BlockingConnectionPool(timeout=wait, **common, **target)
         return redis.asyncio.Redis(connection_pool=pool)
+
+    def sentinel_login(self) -> Any:
+        """redis-py's credential provider for connections to the Sentinels, or None when
+        they ask for no login."""
+        cache = self.sentinel_credentials
+        return None if cache is None else _AskLogin(cache.get)
 
     @staticmethod
     async def close(client: Any) -> None:
@@ -254,16 +274,17 @@ class Login:
 
 
 class _AskLogin:
-    """redis-py's credential provider protocol, answered from the :class:`Login`."""
+    """redis-py's credential provider protocol, answered from ``current()`` (the
+    :class:`Login`'s, or a cache of the Sentinels' credentials)."""
 
-    def __init__(self, login: Login) -> None:
-        self._login = login
+    def __init__(self, current: Callable[[], Awaitable[Credentials]]) -> None:
+        self._current = current
 
     def get_credentials(self) -> tuple[str, ...]:
         raise RuntimeError("the redis engine connects only with redis.asyncio")
 
     async def get_credentials_async(self) -> tuple[str, ...]:
-        credentials = await self._login.current()
+        credentials = await self._current()
         if credentials.password is None:
             raise InvalidConfigError("the credential provider gave no password or token")
         # Revealed inside the expression that hands it over: never a local variable.

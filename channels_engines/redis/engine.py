@@ -577,7 +577,9 @@ class RedisEngine(BaseChannelEngine):
                 self._follow_failover_soon()
 
         self._failover_watch = Listener(
-            connect=connect_to_a_sentinel(login.sentinels, options["query_timeout"]),
+            connect=connect_to_a_sentinel(
+                login.sentinels, options["query_timeout"], login.sentinel_login()
+            ),
             on_message=on_message,
             on_subscribed=lambda channels: None,
             on_lost=lambda reason: None,

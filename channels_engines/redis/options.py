@@ -116,6 +116,12 @@ OPTIONS: Mapping[str, Option] = {
         "With a rediss:// URL: the PEM file of the client certificate's private key.",
         nullable=True,
     ),
+    "sentinel_credentials": dataclasses.replace(
+        CREDENTIALS_OPTION,
+        help="Credential provider for the login of the Sentinels themselves (their "
+        "requirepass or ACL user), in the same forms as 'credentials'. None: they ask "
+        "for none.",
+    ),
     "prefix": Option(
         (str,),
         "channels_engines",

@@ -32,7 +32,7 @@ def switched(service_name: str, data: bytes) -> bool:
 
 
 def connect_to_a_sentinel(
-    sentinels: Sequence[tuple[str, int]], timeout: float
+    sentinels: Sequence[tuple[str, int]], timeout: float, credential_provider: Any = None
 ) -> Callable[[], Any]:
     """A ``connect()`` for the watcher's :class:`~.listener.Listener`: each call tries the
     next Sentinel in turn, so a Sentinel that is down is passed over."""
@@ -52,6 +52,7 @@ def connect_to_a_sentinel(
             socket_connect_timeout=timeout,
             socket_keepalive=True,
             retry=Retry(NoBackoff(), 0),
+            credential_provider=credential_provider,
         )
         await conn.connect()
         return conn

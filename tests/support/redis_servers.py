@@ -614,8 +614,10 @@ class SentinelGroup:
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 5000,
         password: str | None = None,
+        sentinel_password: str | None = None,
     ) -> None:
         self.service_name = service_name
+        self.sentinel_password = sentinel_password
         self.sentinel_count = sentinels
         self.quorum = quorum
         self.down_after_ms = down_after_ms
@@ -649,7 +651,12 @@ class SentinelGroup:
             if self.password is not None:
                 watch.append(f"sentinel auth-pass {name} {_conf_quote(self.password)}")
             for number in range(self.sentinel_count):
-                sentinel = RedisServer(config=watch, sentinel=True, name=f"sentinel-{number}")
+                sentinel = RedisServer(
+                    config=watch,
+                    sentinel=True,
+                    password=self.sentinel_password,
+                    name=f"sentinel-{number}",
+                )
                 self.sentinel_servers.append(sentinel.start())
             self.wait_settled(primary.address)
         except BaseException:
@@ -668,7 +675,9 @@ class SentinelGroup:
         from redis.sentinel import Sentinel
 
         kwargs.setdefault("password", self.password)
-        return Sentinel(self.sentinels, **kwargs)
+        return Sentinel(
+            self.sentinels, sentinel_kwargs={"password": self.sentinel_password}, **kwargs
+        )
 
     def primary(self) -> Address:
         """The primary's address, as the first Sentinel that answers names it."""
