@@ -123,12 +123,15 @@ async def _traffic(
     disturb: Callable[[list[str]], Any],
     *,
     settled: Callable[[EngineChannelLayer], bool] | None = None,
+    finally_: Callable[[EngineChannelLayer], Any] | None = None,
+    **options: Any,
 ) -> dict[str, tuple[list[int], list[int], int]]:
     """Send to a process channel and a normal channel while ``disturb(streams)`` runs in
     a thread after 100 messages; go on until 200 messages after it returned (and, with
     ``settled``, after settled(sender) first held). Returns per channel what was sent,
-    what arrived, and the first message sent once it was over."""
-    config: dict[str, Any] = {"capacity": 100_000, "pool_timeout": 30.0}
+    what arrived, and the first message sent once it was over; ``finally_(receiver)``
+    is awaited before the layers close."""
+    config: dict[str, Any] = {"capacity": 100_000, "pool_timeout": 30.0, **options}
     sender, receiver = make(cluster, **config), make(cluster, **config)
     own = await receiver.new_channel()
     shared = unique("cshared").replace("_", "-")
@@ -166,6 +169,8 @@ async def _traffic(
         )
     for collector in collectors:
         collector.cancel()
+    if finally_ is not None:
+        await finally_(receiver)
     await sender.close()
     await receiver.close()
     return {channel: (sent, values, after) for channel, values in got.items()}
@@ -227,7 +232,22 @@ def test_a_crashed_primary_loses_at_most_what_it_had_not_replicated(
         engine = engine_for(sender)
         return engine is not None and engine.servers.refreshes > 1  # type: ignore[attr-defined]
 
-    results = run(_traffic(redis_cluster, crash, settled=followed), timeout=180)
+    async def heard_again(receiver: EngineChannelLayer) -> None:
+        """Its channels are subscribed where their slots are now (the sweep moves them
+        off the dead node), so it no longer waits for sweeps to read its messages."""
+        engine = engine_for(receiver)
+        assert engine is not None
+
+        def placed() -> bool:
+            holders = [engine._holder(channel) for channel in engine._watched]  # type: ignore[attr-defined]
+            return all(holder is not None and holder.connected for holder in holders)
+
+        await await_for(placed, "the receiver's channels on live nodes", 20)
+
+    results = run(
+        _traffic(redis_cluster, crash, settled=followed, finally_=heard_again, sweep_interval=1.0),
+        timeout=180,
+    )
     for channel, (sent, got, after) in results.items():
         assert len(got) == len(set(got)), f"{channel}: a message was delivered twice"
         assert got == sorted(got), f"{channel}: messages arrived out of order"

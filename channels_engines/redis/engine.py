@@ -399,6 +399,27 @@ class RedisEngine(BaseChannelEngine):
                 listener.unwatch([channel])
                 await self._place(channel)
 
+    async def _leave_nodes_that_are_down(self) -> None:
+        """Move the channels of cluster listeners that cannot reach their node to where
+        their slots are now (a crashed primary's replica took over), and the hearing of
+        flushes to a listener that is connected."""
+        servers = self._servers_obj
+        if servers is None or not servers.sharded:
+            return
+        down = [node for node, listener in self._listeners.items() if not listener.connected]
+        if not down:
+            return
+        servers.failed()
+        for node in down:
+            await self._move_from(node)
+        flush = self.shared.keys.flush
+        holder = self._holder(flush)
+        if holder is not None and not holder.connected:
+            other = next((li for li in self._listeners.values() if li.connected), None)
+            if other is not None:
+                holder.unwatch([flush])
+                other.watch([flush])
+
     def _moved(self, channels: list[str]) -> None:
         """A node gave ``channels`` back (their slot moved): subscribe them where their
         slot is now; the subscription's confirmation reads what was missed."""
@@ -505,6 +526,7 @@ class RedisEngine(BaseChannelEngine):
         of what was taken, credentials."""
         inbox = self.shared.inbox
         if self._listeners:
+            await self._leave_nodes_that_are_down()
             waiting = inbox.mailbox.waiting()
             for channel, queue in list(self._watched.items()):
                 holder = self._holder(channel)

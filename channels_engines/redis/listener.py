@@ -71,6 +71,7 @@ class Listener:
         self._wanted: set[str] = set()
         self._confirmed: set[str] = set()
         self._conn: Any = None
+        self._up = False
         self._task: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         #: Number of times the connection was lost and re-established (for tests).
@@ -97,6 +98,11 @@ class Listener:
     async def ready(self) -> None:
         """Wait until the first connection has subscribed (or raise why it could not)."""
         await asyncio.shield(self._ready)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up and has subscribed (not reconnecting)."""
+        return self._conn is not None and self._up
 
     @property
     def subscribed(self) -> frozenset[str]:
@@ -184,6 +190,7 @@ class Listener:
                 self._conn = await self._connect()
                 self._confirmed = set()
                 await self._subscribe()
+                self._up = True
                 if not self._ready.done():
                     self._ready.set_result(None)
                 if failing_since is not None:
@@ -201,6 +208,7 @@ class Listener:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._up = False
                 await self._close_connection()
                 if not self._ready.done():
                     # Nothing has worked yet: most likely the settings; the receive()
