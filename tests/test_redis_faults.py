@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from channels_engines import EngineChannelLayer, ServerUnavailableError
-from channels_engines.redis.keys import CLAIM, READ, STORE, Keys
+from channels_engines.redis.keys import CLAIM, STORE, Keys
 from channels_engines.testing import engine_for
 from tests.support.faultproxy import FaultProxy
 from tests.support.pgtools import run
@@ -135,7 +135,7 @@ def test_a_read_whose_answer_is_lost_loses_nothing(redis_server: RedisServer) ->
             first = asyncio.ensure_future(receiver.receive(channel))
             await sender.send(channel, {"n": 0})
             assert await asyncio.wait_for(first, 10) == {"n": 0}
-            trigger = proxy.after_client_sends(READ.sha.encode(), action="reset", direction="down")
+            trigger = proxy.after_client_sends(b"XRANGE", action="reset", direction="down")
             await sender.send(channel, {"n": 1})
             await sender.send(channel, {"n": 2})
             got = [await asyncio.wait_for(receiver.receive(channel), 10) for _ in range(2)]

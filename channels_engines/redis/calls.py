@@ -27,7 +27,14 @@ from ..exceptions import ServerUnavailableError
 from .keys import SCRIPTS, Script
 from .servers import Servers
 
-__all__ = ["call", "is_connection_error", "load_scripts", "run_script", "unavailable"]
+__all__ = [
+    "call",
+    "is_connection_error",
+    "load_scripts",
+    "read_range",
+    "run_script",
+    "unavailable",
+]
 
 T = TypeVar("T")
 
@@ -72,6 +79,42 @@ async def run_script(
     except AskError as exc:
         asked = servers.client_of((exc.host, exc.port))
     return await _evalsha(asked, script, keys, args, asking=True)
+
+
+async def read_range(servers: Servers, stream: str, start: str, count: int) -> tuple[int, Any]:
+    """The server's clock (ms) and up to ``count`` entries of ``stream`` from ``start``
+    (``(id`` for after an id), in one round trip of plain commands: a script would copy
+    every message into Lua and back. Raw replies, as a script would return them; once
+    on the importing node, after ``ASKING``, if told to ``ASK`` there."""
+    from redis.exceptions import AskError, ResponseError
+
+    client = await servers.for_key(stream)
+    commands: list[tuple[Any, ...]] = [("TIME",), ("XRANGE", stream, start, "+", "COUNT", count)]
+    for _ in range(2):
+        pool = client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(conn.pack_commands(commands))
+            replies: list[Any] = []
+            for _command in commands:
+                try:
+                    replies.append(await conn.read_response(disable_decoding=True))
+                except ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
+        error = next((reply for reply in replies if isinstance(reply, Exception)), None)
+        if error is None:
+            seconds, micros = replies[-2]
+            return int(seconds) * 1000 + int(micros) // 1000, replies[-1]
+        if not isinstance(error, AskError) or commands[0] == ("ASKING",):
+            raise error
+        client = servers.client_of(error.node_addr)
+        commands.insert(0, ("ASKING",))
+    raise AssertionError("unreachable")
 
 
 async def _evalsha(

@@ -29,8 +29,8 @@ from typing import Any
 
 from ..events import Events
 from ..mailbox import Mailbox
-from .calls import call, is_connection_error, run_script
-from .keys import CLAIM, FORGET, READ, SETTLE, Keys, Script
+from .calls import call, is_connection_error, read_range, run_script
+from .keys import CLAIM, FORGET, SETTLE, Keys, Script
 from .notes import Announcement, Notary, entry_key, parse
 from .servers import Servers
 
@@ -215,10 +215,16 @@ class Delivery:
                     with inbox.lock:
                         inbox.backlog.add(queue)
                     break
-                start = "-" if cursor is None else f"{cursor[0]}-{cursor[1]}"
+                start = "-" if cursor is None else f"({cursor[0]}-{cursor[1]}"
                 count = min(room, _READ_BATCH)
-                server_ms, entries = await self._script(
-                    READ, stream, [start, count], "reading a queue"
+                servers = await self._servers()
+                server_ms, entries = await call(
+                    lambda: read_range(servers, stream, start, count),  # noqa: B023
+                    deadline=self._deadline,
+                    what="reading a queue",
+                    where=self._where,
+                    refused=self._refused,
+                    servers=servers,
                 )
                 with inbox.lock:
                     found, taken = self._accept_entries(queue, int(server_ms), entries)

@@ -146,18 +146,6 @@ return results
 """,
 )
 
-# KEYS: a process stream. ARGV: read after this id ('-' from the start), count.
-# Returns the server time and the entries.
-READ = Script(
-    "read",
-    _NOW
-    + """
-local start = ARGV[1]
-if start ~= '-' then start = '(' .. start end
-return {now_ms(), redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', ARGV[2])}
-""",
-)
-
 # KEYS: a process stream. ARGV: (id, sender, seq) triples of entries taken. An id from a
 # notification is deleted only if the entry there is the one the notification named; an id
 # the server gave in a read comes with an empty sender, and is deleted as it is.
@@ -246,7 +234,7 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 """,
 )
 
-SCRIPTS = (STORE, READ, FORGET, CLAIM, SETTLE, JOIN, MEMBERS)
+SCRIPTS = (STORE, FORGET, CLAIM, SETTLE, JOIN, MEMBERS)
 
 
 class Keys:
