@@ -146,6 +146,13 @@ def tests(session: nox.Session, django: str, channels: str) -> None:
     session.run("pytest", *session.posargs)
 
 
+@nox.session(default=False)
+def redis_oldest(session: nox.Session) -> None:
+    """The redis engine's tests with the oldest redis-py the ``redis`` extra allows."""
+    _install(session, "-e", ".[redis]", "--group", "test", "redis==7.0.0")
+    session.run("pytest", "-m", "redis", *session.posargs)
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """Lint with ruff and check that the code is formatted."""

@@ -89,8 +89,8 @@ def test_a_server_stores_and_reads_with_redis_py(redis_server: RedisServer) -> N
         assert client.get("greeting") == b"hello"
     assert redis_server.url == f"redis://127.0.0.1:{redis_server.port}/0"
     # Nothing is written to disk unless asked.
-    assert redis_server.command("CONFIG", "GET", "save") == {"save": ""}
-    assert redis_server.command("CONFIG", "GET", "appendonly") == {"appendonly": "no"}
+    assert redis_server.admin().config_get("save") == {"save": ""}
+    assert redis_server.admin().config_get("appendonly") == {"appendonly": "no"}
 
 
 def test_a_server_takes_a_password_acl_users_and_a_unix_socket() -> None:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from ..exceptions import ServerUnavailableError
 from .keys import SCRIPTS, Script
-from .servers import Servers
+from .servers import Servers, redirection
 
 __all__ = [
     "call",
@@ -71,14 +71,14 @@ async def run_script(
 ) -> Any:
     """One script call on the server of ``keys[0]``, loading the scripts once if the
     server does not know them; on the importing node, once, if told to ``ASK`` there."""
-    from redis.exceptions import AskError
-
     client = await servers.for_key(keys[0])
     try:
         return await _evalsha(client, script, keys, args)
-    except AskError as exc:
-        asked = servers.client_of((exc.host, exc.port))
-    return await _evalsha(asked, script, keys, args, asking=True)
+    except Exception as exc:
+        found = redirection(exc)
+        if found is None or found[0] != "ASK":
+            raise
+    return await _evalsha(servers.client_of(found[2]), script, keys, args, asking=True)
 
 
 async def read_range(servers: Servers, stream: str, start: str, count: int) -> tuple[int, Any]:
@@ -86,7 +86,7 @@ async def read_range(servers: Servers, stream: str, start: str, count: int) -> t
     (``(id`` for after an id), in one round trip of plain commands: a script would copy
     every message into Lua and back. Raw replies, as a script would return them; once
     on the importing node, after ``ASKING``, if told to ``ASK`` there."""
-    from redis.exceptions import AskError, ResponseError
+    from redis.exceptions import ResponseError
 
     client = await servers.for_key(stream)
     commands: list[tuple[Any, ...]] = [("TIME",), ("XRANGE", stream, start, "+", "COUNT", count)]
@@ -110,9 +110,10 @@ async def read_range(servers: Servers, stream: str, start: str, count: int) -> t
         if error is None:
             seconds, micros = replies[-2]
             return int(seconds) * 1000 + int(micros) // 1000, replies[-1]
-        if not isinstance(error, AskError) or commands[0] == ("ASKING",):
+        found = redirection(error)
+        if found is None or found[0] != "ASK" or commands[0] == ("ASKING",):
             raise error
-        client = servers.client_of(error.node_addr)
+        client = servers.client_of(found[2])
         commands.insert(0, ("ASKING",))
     raise AssertionError("unreachable")
 

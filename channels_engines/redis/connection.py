@@ -236,7 +236,9 @@ class Login:
         await client.aclose(close_connection_pool=True)
         sentinels = getattr(client.connection_pool, "sentinel_manager", None)
         if sentinels is not None:
-            await sentinels.aclose()
+            # One client per Sentinel (redis-py 7 added Sentinel.aclose() for the same).
+            for sentinel in sentinels.sentinels:
+                await sentinel.aclose(close_connection_pool=True)
 
     @property
     def logs_in(self) -> bool:

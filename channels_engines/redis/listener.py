@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from .servers import slot_of
+from .servers import redirection, slot_of
 
 __all__ = ["Listener"]
 
@@ -254,14 +254,16 @@ class Listener:
     async def _read(self, conn: Any, timeout: float) -> Any:
         """The next reply (None: none within ``timeout``); a ``MOVED`` answer to a
         subscription gives its channels back (and reads as :data:`_MOVED`)."""
-        from redis.exceptions import MovedError
+        from redis.exceptions import ResponseError
 
         try:
             return await conn.read_response(timeout=timeout, disconnect_on_error=False)
-        except MovedError as exc:
-            self._give_back(
-                [c for c in self._wanted if self._sharded(c) and slot_of(c) == exc.slot_id]
-            )
+        except ResponseError as exc:
+            found = redirection(exc)
+            if found is None:
+                raise
+            slot = found[1]
+            self._give_back([c for c in self._wanted if self._sharded(c) and slot_of(c) == slot])
             return _MOVED
 
     def _give_back(self, channels: list[str]) -> None:

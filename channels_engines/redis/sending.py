@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ..senders import Sender
 from .calls import call, is_noscript, load_scripts
 from .keys import STORE, Keys
-from .servers import Servers
+from .servers import Servers, redirection
 
 if TYPE_CHECKING:
     from .notes import Notary
@@ -253,10 +253,11 @@ class Writer:
                     replies[unit] = reply
                     if not isinstance(reply, Exception):
                         continue
+                    found = redirection(reply)
                     if servers.redirected(reply):
                         todo.append(unit)
-                    elif _is_ask(reply):
-                        asked[unit] = reply.node_addr  # type: ignore[attr-defined]
+                    elif found is not None and found[0] == "ASK":
+                        asked[unit] = found[2]
                         todo.append(unit)
                     elif servers.may_retry(reply):
                         todo.append(unit)
@@ -368,12 +369,6 @@ def _deadline(seconds: float | bool | None) -> Any:
     from async_timeout import timeout  # type: ignore[import-not-found,unused-ignore]
 
     return timeout(seconds)
-
-
-def _is_ask(error: BaseException) -> bool:
-    from redis.exceptions import AskError
-
-    return isinstance(error, AskError)
 
 
 def _arg(value: str | bytes | int) -> bytes:

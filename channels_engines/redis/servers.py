@@ -22,7 +22,14 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-__all__ = ["ClusterServers", "OneServer", "Servers", "slot_of"]
+__all__ = [
+    "ClusterServers",
+    "OneServer",
+    "Servers",
+    "passes",
+    "redirection",
+    "slot_of",
+]
 
 logger = logging.getLogger("channels_engines.redis")
 
@@ -36,6 +43,43 @@ def slot_of(key: str) -> int:
     from redis.crc import key_slot
 
     return int(key_slot(key.encode()))
+
+
+def redirection(error: BaseException) -> tuple[str, int, Address] | None:
+    """``("MOVED" or "ASK", slot, node)`` when ``error`` is a cluster's redirection, else
+    None. (redis-py 8 raises MovedError and AskError; earlier releases a ResponseError
+    with the server's text.)"""
+    from redis.exceptions import AskError, MovedError, ResponseError
+
+    if isinstance(error, (MovedError, AskError)):
+        kind = "MOVED" if isinstance(error, MovedError) else "ASK"
+        return kind, error.slot_id, _address(error.host, error.port)
+    if not isinstance(error, ResponseError):
+        return None
+    words = str(error).split()
+    if len(words) != 3 or words[0] not in ("MOVED", "ASK") or not words[1].isdigit():
+        return None
+    host, _, port = words[2].rpartition(":")
+    if not port.isdigit():
+        return None
+    return words[0], int(words[1]), _address(host, int(port))
+
+
+def passes(error: BaseException) -> bool:
+    """Whether ``error`` is a cluster's TRYAGAIN, CLUSTERDOWN or MASTERDOWN: it passes by
+    itself (keys being moved, a failover under way)."""
+    from redis.exceptions import (
+        ClusterDownError,
+        MasterDownError,
+        ResponseError,
+        TryAgainError,
+    )
+
+    if isinstance(error, (ClusterDownError, MasterDownError, TryAgainError)):
+        return True
+    return isinstance(error, ResponseError) and str(error).startswith(
+        ("TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN")
+    )
 
 
 class Servers:
@@ -169,25 +213,17 @@ class ClusterServers(Servers):
         return node in self._slots
 
     def redirected(self, error: BaseException) -> bool:
-        from redis.exceptions import MovedError
-
-        if isinstance(error, MovedError):
-            self._slots[error.slot_id] = _address(error.host, error.port)
-            return True
-        return False
+        found = redirection(error)
+        if found is None or found[0] != "MOVED":
+            return False
+        self._slots[found[1]] = found[2]
+        return True
 
     def may_retry(self, error: BaseException) -> bool:
-        from redis.exceptions import ClusterDownError, MasterDownError, TryAgainError
-
-        if isinstance(error, (ClusterDownError, MasterDownError)):
-            self._stale = True
-            return True
-        if isinstance(error, TryAgainError):
-            return True
-        # A replica that was a primary refuses writes until it learns of its demotion.
         from redis.exceptions import ReadOnlyError
 
-        if isinstance(error, ReadOnlyError):
+        # A replica that was a primary refuses writes until it learns of its demotion.
+        if passes(error) or isinstance(error, ReadOnlyError):
             self._stale = True
             return True
         return False
