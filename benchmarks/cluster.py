@@ -673,7 +673,7 @@ def _verdict(value: float | None, projected: bool = False) -> str:
 def markdown(facts: dict[str, str], summaries: list[Summary], cells: list[Payload]) -> str:
     one, cluster = summaries
     found = ratios(one, cluster)
-    lines = ["## Redis Cluster scale-out (`benchmarks/cluster.py`)", "", "| | |", "|---|---|"]
+    lines = ["#### Cluster run (`benchmarks/cluster.py`)", "", "| | |", "|---|---|"]
     lines += [f"| {key} | {value.replace('|', '/')} |" for key, value in facts.items()]
     lines += [
         "",
