@@ -16,8 +16,8 @@ import pytest
 
 from channels_engines import EngineChannelLayer, ServerUnavailableError
 from channels_engines.exceptions import InvalidConfigError
-from channels_engines.testing import engine_for
-from tests.support.pgtools import run
+from channels_engines.testing import ChannelLayerConformance, engine_for
+from tests.support.pgtools import run, unique
 from tests.support.polling import await_for
 from tests.support.redis_servers import SentinelGroup
 
@@ -33,6 +33,33 @@ def make(group: SentinelGroup, **options: Any) -> EngineChannelLayer:
         prefix="ce",
         **options,
     )
+
+
+GROUP: list[SentinelGroup] = []
+
+
+class TestRedisSentinelConformance(ChannelLayerConformance):
+    """The whole kit through the Sentinels (a key prefix of this run's own)."""
+
+    prefix = unique("ce_sconf")
+
+    @pytest.fixture(autouse=True)
+    def _group(self, redis_sentinel: SentinelGroup) -> None:
+        GROUP[:] = [redis_sentinel]
+
+    @property
+    def config(self) -> dict[str, Any]:  # type: ignore[override]
+        group = GROUP[0]
+        return {
+            "ENGINE": "redis",
+            "url": "redis:///0",
+            "sentinels": [f"{host}:{port}" for host, port in group.sentinels],
+            "service_name": group.service_name,
+            "prefix": self.prefix,
+        }
+
+    def unreachable_config(self) -> dict[str, Any]:
+        return {**self.config, "sentinels": ["127.0.0.1:1"], "pool_timeout": 1.0}
 
 
 def test_messages_and_groups_go_through_the_primary_the_sentinels_name(
