@@ -24,6 +24,7 @@ from channels_engines.testing import ChannelLayerConformance, engine_for
 from tests.support.pgtools import run, unique
 from tests.support.polling import await_for, wait_for
 from tests.support.redis_servers import RedisCluster, RedisServer
+from tests.support.redis_traffic import COUNT, traffic_while_killing
 
 pytestmark = pytest.mark.redis
 
@@ -261,57 +262,24 @@ def test_a_crashed_primary_loses_at_most_what_it_had_not_replicated(
 def test_killing_every_client_on_every_primary_repeatedly_loses_and_duplicates_nothing(
     redis_cluster: RedisCluster,
 ) -> None:
-    import threading
+    def kill() -> int:
+        return sum(primary.kill_clients() for primary in redis_cluster.primaries())
 
-    stop = threading.Event()
-    kills = 0
-
-    def killer() -> None:
-        nonlocal kills
-        while not stop.wait(0.05):
-            for primary in redis_cluster.primaries():
-                kills += primary.kill_clients()
-
-    async def scenario() -> dict[str, list[int]]:
+    async def scenario() -> tuple[dict[str, list[int]], int]:
         # Capacity is not under test: the receiver falls behind while it reconnects.
         config: dict[str, Any] = {"pool_timeout": 20.0, "capacity": 100_000}
         sender, receiver = make(redis_cluster, **config), make(redis_cluster, **config)
-        own = await receiver.new_channel()
-        group, shared = unique("killed"), unique("killed") + ".shared"
-        await receiver.group_add(group, own)
-        got: dict[str, list[int]] = {"own": [], "shared": [], "group": []}
-
-        async def collect(name: str, channel: str, count: int) -> None:
-            while len(got[name]) < count:
-                message = await asyncio.wait_for(receiver.receive(channel), 30)
-                got[name].append(message["n"])
-
-        count = 300
-        collectors = asyncio.gather(
-            collect("own", own, count * 2),  # direct and group messages share it
-            collect("shared", shared, count),
+        found = await traffic_while_killing(
+            sender, receiver, kill, group=unique("killed"), shared=unique("killed") + ".shared"
         )
-        thread = threading.Thread(target=killer)
-        thread.start()
-        try:
-            for n in range(count):
-                await sender.send(own, {"n": n})
-                await sender.send(shared, {"n": n})
-                await sender.group_send(group, {"n": 10_000 + n})
-            await asyncio.wait_for(collectors, 60)
-        finally:
-            stop.set()
-            thread.join()
         await sender.close()
         await receiver.close()
-        got["group"] = [n - 10_000 for n in got["own"] if n >= 10_000]
-        got["own"] = [n for n in got["own"] if n < 10_000]
-        return got
+        return found
 
-    got = run(scenario(), timeout=180)
+    got, kills = run(scenario(), timeout=180)
     assert kills >= 5, "the killer never caught a connection"
     for name in ("own", "shared", "group"):
-        assert got[name] == list(range(300)), name
+        assert got[name] == list(range(COUNT)), name
 
 
 @pytest.mark.parametrize(

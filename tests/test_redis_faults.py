@@ -5,7 +5,6 @@ traffic, a paused server, a restarted one. Messages whose send returned arrive o
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Any
 
 import pytest
@@ -16,6 +15,7 @@ from channels_engines.testing import engine_for
 from tests.support.faultproxy import FaultProxy
 from tests.support.pgtools import run
 from tests.support.redis_servers import RedisServer
+from tests.support.redis_traffic import COUNT, traffic_while_killing
 
 pytestmark = pytest.mark.redis
 
@@ -152,53 +152,21 @@ def test_a_read_whose_answer_is_lost_loses_nothing(redis_server: RedisServer) ->
 def test_killing_every_client_repeatedly_loses_and_duplicates_nothing(
     redis_server: RedisServer,
 ) -> None:
-    stop = threading.Event()
-    kills = 0
-
-    def killer() -> None:
-        nonlocal kills
-        while not stop.wait(0.05):
-            kills += redis_server.kill_clients()
-
-    async def scenario() -> dict[str, list[int]]:
+    async def scenario() -> tuple[dict[str, list[int]], int]:
         # Capacity is not under test: the receiver falls behind while it reconnects.
         sender = make(redis_server.url, pool_timeout=20.0, capacity=100_000)
         receiver = make(redis_server.url, pool_timeout=20.0, capacity=100_000)
-        own = await receiver.new_channel()
-        await receiver.group_add("killed", own)
-        got: dict[str, list[int]] = {"own": [], "shared": [], "group": []}
-
-        async def collect(name: str, channel: str, count: int) -> None:
-            while len(got[name]) < count:
-                message = await asyncio.wait_for(receiver.receive(channel), 30)
-                got[name].append(message["n"])
-
-        count = 300
-        collectors = asyncio.gather(
-            collect("own", own, count * 2),  # direct and group messages share it
-            collect("shared", "killed.shared", count),
+        found = await traffic_while_killing(
+            sender, receiver, redis_server.kill_clients, group="killed", shared="killed.shared"
         )
-        thread = threading.Thread(target=killer)
-        thread.start()
-        try:
-            for n in range(count):
-                await sender.send(own, {"n": n})
-                await sender.send("killed.shared", {"n": n})
-                await sender.group_send("killed", {"n": 10_000 + n})
-            await asyncio.wait_for(collectors, 60)
-        finally:
-            stop.set()
-            thread.join()
         await sender.close()
         await receiver.close()
-        got["group"] = [n - 10_000 for n in got["own"] if n >= 10_000]
-        got["own"] = [n for n in got["own"] if n < 10_000]
-        return got
+        return found
 
-    got = run(scenario(), timeout=180)
+    got, kills = run(scenario(), timeout=180)
     assert kills >= 5, "the killer never caught a connection"
     for name in ("own", "shared", "group"):
-        assert got[name] == list(range(300)), name
+        assert got[name] == list(range(COUNT)), name
 
 
 def test_a_paused_server_fails_sends_by_their_deadline_and_recovers(

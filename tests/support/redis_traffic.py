@@ -1,0 +1,61 @@
+"""Traffic through two redis layers while something kills their connections again and
+again: what arrives, per kind of channel, and how many connections were killed."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+from channels_engines import EngineChannelLayer
+
+#: Messages sent of each kind: to a process channel, to a normal channel, to a group.
+COUNT = 300
+
+
+async def traffic_while_killing(
+    sender: EngineChannelLayer,
+    receiver: EngineChannelLayer,
+    kill: Callable[[], int],
+    *,
+    group: str,
+    shared: str,
+) -> tuple[dict[str, list[int]], int]:
+    """Send :data:`COUNT` messages of each kind while a thread calls ``kill()`` (which
+    returns how many connections it killed) every 50 ms; the numbers that arrived, in
+    order of arrival, per kind ("own", "shared", "group"), and the kills."""
+    stop = threading.Event()
+    kills = 0
+
+    def killer() -> None:
+        nonlocal kills
+        while not stop.wait(0.05):
+            kills += kill()
+
+    own = await receiver.new_channel()
+    await receiver.group_add(group, own)
+    got: dict[str, list[int]] = {"own": [], "shared": [], "group": []}
+
+    async def collect(name: str, channel: str, count: int) -> None:
+        while len(got[name]) < count:
+            message = await asyncio.wait_for(receiver.receive(channel), 30)
+            got[name].append(message["n"])
+
+    collectors = asyncio.gather(
+        collect("own", own, COUNT * 2),  # direct and group messages share it
+        collect("shared", shared, COUNT),
+    )
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        for n in range(COUNT):
+            await sender.send(own, {"n": n})
+            await sender.send(shared, {"n": n})
+            await sender.group_send(group, {"n": 10_000 + n})
+        await asyncio.wait_for(collectors, 60)
+    finally:
+        stop.set()
+        thread.join()
+    got["group"] = [n - 10_000 for n in got["own"] if n >= 10_000]
+    got["own"] = [n for n in got["own"] if n < 10_000]
+    return got, kills
