@@ -20,6 +20,7 @@ from channels_engines.testing import ChannelLayerConformance, engine_for
 from tests.support.pgtools import run, unique
 from tests.support.polling import await_for
 from tests.support.redis_servers import SentinelGroup
+from tests.support.redis_traffic import round_trip
 
 pytestmark = pytest.mark.redis
 
@@ -65,22 +66,9 @@ class TestRedisSentinelConformance(ChannelLayerConformance):
 def test_messages_and_groups_go_through_the_primary_the_sentinels_name(
     redis_sentinel: SentinelGroup,
 ) -> None:
-    async def scenario() -> list[Any]:
-        sender, receiver = make(redis_sentinel), make(redis_sentinel)
-        own = await receiver.new_channel()
-        await receiver.group_add("room", own)
-        first = asyncio.ensure_future(receiver.receive(own))
-        await sender.send(own, {"n": 1})
-        got = [await asyncio.wait_for(first, 10)]
-        await sender.group_send("room", {"n": 2})
-        await sender.send("sentinel.shared", {"n": 3})
-        got.append(await asyncio.wait_for(receiver.receive(own), 10))
-        got.append(await asyncio.wait_for(receiver.receive("sentinel.shared"), 10))
-        await sender.close()
-        await receiver.close()
-        return got
-
-    assert run(scenario()) == [{"n": 1}, {"n": 2}, {"n": 3}]
+    pair = make(redis_sentinel), make(redis_sentinel)
+    got = run(round_trip(*pair, shared="sentinel.shared"))
+    assert got == [{"n": 1}, {"n": 2}, {"n": 3}]
     primary = redis_sentinel.primary_server()
     assert primary.admin().exists("ce:group:{room}") == 1
 

@@ -13,30 +13,16 @@ from channels_engines import EngineChannelLayer, ServerUnavailableError
 from channels_engines.exceptions import InvalidConfigError
 from tests.support.pgtools import run
 from tests.support.redis_servers import RedisServer
+from tests.support.redis_traffic import round_trip
 
 pytestmark = pytest.mark.redis
 
 KEYS = ["k" * 40]
+SHARED = "transport.jobs"
 
 
 def make(url: str, **options: Any) -> EngineChannelLayer:
     return EngineChannelLayer(ENGINE="redis", url=url, prefix="ce", encryption_keys=KEYS, **options)
-
-
-async def round_trip(sender: EngineChannelLayer, receiver: EngineChannelLayer) -> list[Any]:
-    """A message to a process channel, to a group and to a normal channel."""
-    own = await receiver.new_channel()
-    await receiver.group_add("room", own)
-    first = asyncio.ensure_future(receiver.receive(own))
-    await sender.send(own, {"n": 1})
-    got = [await asyncio.wait_for(first, 10)]
-    await sender.group_send("room", {"n": 2})
-    await sender.send("transport.jobs", {"n": 3})
-    got.append(await asyncio.wait_for(receiver.receive(own), 10))
-    got.append(await asyncio.wait_for(receiver.receive("transport.jobs"), 10))
-    await sender.close()
-    await receiver.close()
-    return got
 
 
 def connections_by_address(server: RedisServer) -> list[str]:
@@ -54,7 +40,7 @@ def test_a_unix_socket() -> None:
             await sender.send(own, {"n": 0})
             await asyncio.wait_for(waiting, 10)
             addresses = connections_by_address(server)
-            return await round_trip(sender, receiver), addresses
+            return await round_trip(sender, receiver, shared=SHARED), addresses
 
         got, addresses = run(scenario())
     assert got == [{"n": 1}, {"n": 2}, {"n": 3}]
@@ -68,7 +54,11 @@ def test_tls_with_a_private_certificate_authority() -> None:
         assert server.certificates is not None
         ca = str(server.certificates.ca)
         got = run(
-            round_trip(make(server.tls_url, tls_ca_file=ca), make(server.tls_url, tls_ca_file=ca))
+            round_trip(
+                make(server.tls_url, tls_ca_file=ca),
+                make(server.tls_url, tls_ca_file=ca),
+                shared=SHARED,
+            )
         )
     assert got == [{"n": 1}, {"n": 2}, {"n": 3}]
 
@@ -93,7 +83,8 @@ def test_tls_with_a_client_certificate_the_server_requires() -> None:
             "tls_cert_file": str(certificates.client_cert),
             "tls_key_file": str(certificates.client_key),
         }
-        got = run(round_trip(make(server.tls_url, **mutual), make(server.tls_url, **mutual)))
+        pair = make(server.tls_url, **mutual), make(server.tls_url, **mutual)
+        got = run(round_trip(*pair, shared=SHARED))
         without = make(server.tls_url, tls_ca_file=str(certificates.ca), pool_timeout=1.0)
         with pytest.raises(ServerUnavailableError):
             run(without.send("tls.jobs", {"n": 1}))

@@ -1,5 +1,5 @@
-"""Traffic through two redis layers while something kills their connections again and
-again: what arrives, per kind of channel, and how many connections were killed."""
+"""Traffic through two redis layers: one message of each kind, or many while something
+kills their connections again and again."""
 
 from __future__ import annotations
 
@@ -59,3 +59,22 @@ async def traffic_while_killing(
     got["group"] = [n - 10_000 for n in got["own"] if n >= 10_000]
     got["own"] = [n for n in got["own"] if n < 10_000]
     return got, kills
+
+
+async def round_trip(
+    sender: EngineChannelLayer, receiver: EngineChannelLayer, *, shared: str
+) -> list[object]:
+    """A message to a process channel, one to the group "room" it joined, and one to the
+    normal channel ``shared``, in that order; what arrived. Closes both layers."""
+    own = await receiver.new_channel()
+    await receiver.group_add("room", own)
+    first = asyncio.ensure_future(receiver.receive(own))
+    await sender.send(own, {"n": 1})
+    got: list[object] = [await asyncio.wait_for(first, 10)]
+    await sender.group_send("room", {"n": 2})
+    await sender.send(shared, {"n": 3})
+    got.append(await asyncio.wait_for(receiver.receive(own), 10))
+    got.append(await asyncio.wait_for(receiver.receive(shared), 10))
+    await sender.close()
+    await receiver.close()
+    return got
