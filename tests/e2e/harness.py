@@ -43,6 +43,9 @@ START_TIMEOUT = 45.0
 STOP_TIMEOUT = 15.0
 MESSAGE_TIMEOUT = 10.0
 
+#: What uvicorn (alone or as gunicorn's worker class) logs once a worker serves requests.
+STARTUP_COMPLETE = "Application startup complete."
+
 T = TypeVar("T")
 S = TypeVar("S", bound="ServerProcess")
 
@@ -126,6 +129,8 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = LOGS / f"{worker}.log"
         self._log: IO[bytes] | None = None
+        #: Where the output of the latest start begins in the log.
+        self.log_start = 0
         self.active_since = 0.0
 
     def command(self) -> list[str]:
@@ -172,6 +177,7 @@ class ServerProcess:
             self._log = self.log_path.open("ab")
         self._log.write(f"=== {time.strftime('%H:%M:%S')} {' '.join(self.command())}\n".encode())
         self._log.flush()
+        self.log_start = self._log.tell()
         self.proc = subprocess.Popen(
             self.command(),
             cwd=self.cwd,
@@ -249,6 +255,14 @@ class ServerProcess:
             self._log.close()
             self._log = None
 
+    def output_since_start(self) -> str:
+        """What the process has written since it was last started."""
+        assert self._log is not None
+        self._log.flush()
+        with self.log_path.open("rb") as log:
+            log.seek(self.log_start)
+            return log.read().decode(errors="replace")
+
     def log_tail(self, lines: int = 40) -> str:
         if self._log is not None:
             self._log.flush()
@@ -315,6 +329,17 @@ class ChatServer(ServerProcess):
 
     def ws_url(self, room: str) -> str:
         return f"ws://127.0.0.1:{self.port}/ws/rooms/{room}/"
+
+    def wait_ready(self) -> None:
+        """It answers HTTP, and every worker has started: the first worker up answers the
+        probe, while the others may still be importing Django."""
+        super().wait_ready()
+        if self.workers > 1:
+            wait_for(
+                lambda: self.output_since_start().count(STARTUP_COMPLETE) >= self.workers,
+                f"all {self.workers} workers of {self.worker} to start",
+                timeout=START_TIMEOUT,
+            )
 
 
 class _PortTaken(Exception):
@@ -418,32 +443,45 @@ class ChatClient:
 
 
 async def open_clients_on_distinct_workers(
-    server: ChatServer, room: str, count: int = 2, attempts: int = 40
+    server: ChatServer, room: str, count: int = 2
 ) -> list[ChatClient]:
-    """Connect until ``count`` clients sit in different worker processes of ``server``.
+    """Open ``count`` clients, each served by a different worker process of ``server``.
 
-    The workers share one listening socket and the kernel picks who accepts, so the test
-    keeps connecting (and closing the extra connections) until it sees distinct pids.
+    The workers share one listening socket, and the kernel wakes them in a fixed order, so
+    one worker can take every new connection. While a client connects, the workers that
+    already hold one are paused (SIGSTOP): only a worker without a client can accept it.
     """
-    chosen: dict[int, ChatClient] = {}
-    extra: list[ChatClient] = []
+    clients: list[ChatClient] = []
     try:
-        for attempt in range(attempts):
-            client = await ChatClient.open(server, room, label=f"{server.worker}#{attempt}")
-            if client.pid in chosen:
-                extra.append(client)
-            else:
-                chosen[client.pid] = client
-            if len(chosen) == count:
-                return list(chosen.values())
-            await asyncio.sleep(0.05)
-    finally:
-        for client in extra:
+        for n in range(count):
+            paused = [client.pid for client in clients]
+            for pid in paused:
+                pause(pid)
+            try:
+                client = await ChatClient.open(server, room, label=f"{server.worker}#{n}")
+            finally:
+                for pid in paused:
+                    os.kill(pid, signal.SIGCONT)
+            clients.append(client)
+            assert client.pid not in paused, f"a paused worker (pid {client.pid}) accepted"
+    except BaseException:
+        for client in clients:
             await client.close()
-    for client in chosen.values():
-        await client.close()
-    raise AssertionError(
-        f"{attempts} connections to {server.worker} all landed in pids {sorted(chosen)}"
+        raise
+    return clients
+
+
+def pause(pid: int) -> None:
+    """SIGSTOP ``pid`` and return once it has stopped (the signal is delivered
+    asynchronously; until then the process could still accept a connection)."""
+    os.kill(pid, signal.SIGSTOP)
+    stat = Path(f"/proc/{pid}/stat")
+    # The state is the field after the parenthesised command name.
+    polling.wait_for(
+        lambda: stat.read_text().rsplit(")", 1)[1].split()[0] == "T",
+        f"pid {pid} to stop",
+        MESSAGE_TIMEOUT,
+        every=0.001,
     )
 
 
