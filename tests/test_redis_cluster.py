@@ -319,7 +319,7 @@ def test_cluster_nodes_must_be_host_port_strings(value: Any) -> None:
     with pytest.raises(InvalidConfigError) as caught:
         EngineChannelLayer(ENGINE="redis", cluster_nodes=value)
     assert str(caught.value).startswith("EngineChannelLayer: CONFIG['cluster_nodes'] ")
-    assert "a non-empty list of 'host:port' strings, or None" in str(caught.value)
+    assert "a non-empty list of 'host:port' strings or None" in str(caught.value)
 
 
 def test_check_stats_and_purge_see_every_primary(redis_cluster: RedisCluster) -> None:

@@ -208,4 +208,4 @@ def test_sentinels_must_be_host_port_strings(value: Any) -> None:
     with pytest.raises(InvalidConfigError) as caught:
         EngineChannelLayer(ENGINE="redis", sentinels=value, service_name="mymaster")
     assert str(caught.value).startswith("EngineChannelLayer: CONFIG['sentinels'] ")
-    assert "a non-empty list of 'host:port' strings, or None" in str(caught.value)
+    assert "a non-empty list of 'host:port' strings or None" in str(caught.value)

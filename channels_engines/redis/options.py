@@ -29,19 +29,20 @@ def check_prefix(value: Any) -> str | None:
     return PREFIX_RULE
 
 
-#: What ``sentinels`` and ``cluster_nodes`` may be, in words.
-SENTINELS_RULE = "a non-empty list of 'host:port' strings, or None"
+#: What ``sentinels`` and ``cluster_nodes`` may be, in words (the option adds "or None").
+SENTINELS_RULE = "a non-empty list of 'host:port' strings"
 
 
 def check_sentinels(value: Any) -> str | None:
     """Check ``sentinels`` (or ``cluster_nodes``): None when allowed, else what is."""
     if value is None:
         return None
-    if not isinstance(value, (list, tuple)) or not value:
-        return SENTINELS_RULE
-    for item in value:
-        if parse_address(item) is None:
-            return SENTINELS_RULE
+    if (
+        not isinstance(value, (list, tuple))
+        or not value
+        or any(parse_address(item) is None for item in value)
+    ):
+        return f"{SENTINELS_RULE} or None"
     return None
 
 
