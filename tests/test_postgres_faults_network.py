@@ -691,6 +691,44 @@ def test_a_frozen_server_is_detected_no_call_blocks_and_everything_resumes_after
     net.run(scenario)
 
 
+def test_a_send_cancelled_while_the_server_is_frozen_ends_in_time_and_leaves_no_socket(
+    net: Net,
+) -> None:
+    """A send is cancelled (its consumer went away) while the server answers nothing.
+    psycopg reacts to a cancelled statement by asking the server, over a new connection,
+    to cancel it, and waits up to 5 s for that; a frozen server answers neither. The
+    cancellation must end by the statement's deadline (``query_timeout``, 1 s here), and
+    once the layer is closed no socket of this process may be left open towards the
+    server (not even while log records keep psycopg's errors)."""
+
+    async def scenario(history: History) -> None:
+        sender = net.layer(pool=True)
+        await sender.send("frozen.normal", {"type": "test.message", "n": 0})
+        async with frozen(net.server):
+            before = net.pool.bytes_up
+            task = asyncio.ensure_future(
+                sender.send("frozen.normal", {"type": "test.message", "n": 1})
+            )
+            await await_for(lambda: net.pool.bytes_up > before, "the send on the wire", CALL)
+            task.cancel()
+            bound = SETTINGS["query_timeout"] + SLACK
+            done, _ = await asyncio.wait({task}, timeout=bound)
+            assert done, f"the cancelled send was still running after {bound:g} s"
+            await asyncio.wait_for(sender.close(), CALL)
+            assert sockets_towards(net.pool) == []
+
+    net.run(scenario)
+
+
+def sockets_towards(proxy: FaultProxy) -> list[str]:
+    """This process' TCP sockets connected to ``proxy`` (not the proxy's own)."""
+    return [
+        f"{c.laddr.port} -> {c.raddr.port} {c.status}"
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == proxy.port
+    ]
+
+
 def test_the_server_refusing_connections_while_the_listener_is_cut_off(net: Net) -> None:
     """The listener's connection is reset and the database refuses new connections for a
     while: receive() calls keep waiting, sends on open pooled connections are acknowledged,

@@ -30,6 +30,7 @@ from ..credentials.builtin import DjangoProvider
 from ..events import Events
 from ..exceptions import InvalidConfigError
 from ..redaction import HiddenSettings, Secret, plain
+from .deadlines import BoundedConnection
 
 __all__ = ["Failure", "Login", "NotPostgreSQL", "classify"]
 
@@ -348,7 +349,7 @@ async def _connect(
         options.pop("prepare_threshold", None)
     try:
         # Secrets are revealed inside the call: never a local variable of this frame.
-        return await psycopg.AsyncConnection.connect(autocommit=True, **_revealed(options))
+        return await BoundedConnection.connect(autocommit=True, **_revealed(options))
     except Exception as exc:
         error = exc
     # Without psycopg's frames: they hold the connection string, password included, in

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import psycopg
 
 __all__ = [
+    "BoundedConnection",
     "QueryTimeout",
     "answers_within",
     "end_backend",
@@ -52,13 +53,47 @@ class QueryTimeout(psycopg.OperationalError):
         self.backend_pid = backend_pid
 
 
+class BoundedConnection(psycopg.AsyncConnection[tuple[Any, ...]]):
+    """A connection whose statements, cancelled or not, end by their deadline.
+
+    When the task awaiting a statement is cancelled (a consumer whose client went away),
+    psycopg asks the server to cancel the statement over a new connection and waits up to
+    five seconds for that answer. A server that does not answer the statement does not
+    answer the request either: the wait here ends at the statement's own deadline, after
+    which :func:`within` abandons the session anyway.
+    """
+
+    #: Loop time by which the round trip in progress must be answered (set by within()).
+    deadline: float | None = None
+
+    async def cancel_safe(self, *, timeout: float = 30.0) -> None:
+        if self.deadline is not None:
+            left = self.deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return  # abandoned already: nobody is left to ask
+            timeout = min(timeout, left)
+        try:
+            await super().cancel_safe(timeout=timeout)
+        except psycopg.errors.CancellationTimeout:
+            pass
+        else:
+            return
+        # Raised anew, outside the handler: psycopg's error holds (through its context's
+        # frames) the request's connection, whose socket would stay open for as long as
+        # anything kept the error, such as a log handler that keeps records.
+        raise psycopg.errors.CancellationTimeout(
+            f"the server did not answer the cancellation request within {timeout:g} s"
+        )
+
+
 async def within(conn: Connection, work: Awaitable[T], timeout: float, what: str) -> T:
     """Await ``work`` (a round trip on ``conn``) for at most ``timeout`` seconds.
 
     At the deadline the connection's socket is shut down, which ends whatever psycopg is
-    waiting for (an answer, or the cancellation it attempts when the caller is
-    cancelled) with an error at once; that error is raised as :class:`QueryTimeout`.
-    No task is created: this sits on every round trip.
+    waiting for with an error at once; that error is raised as :class:`QueryTimeout`. A
+    cancellation of the caller asks the server to cancel the statement, and waits for that
+    no later than the same deadline (:class:`BoundedConnection`). No task is created: this
+    sits on every round trip.
     """
     pid = conn.info.backend_pid if not conn.closed else None
     expired = False
@@ -68,7 +103,10 @@ async def within(conn: Connection, work: Awaitable[T], timeout: float, what: str
         expired = True
         _shut_down(conn)
 
-    handle = asyncio.get_running_loop().call_later(timeout, expire)
+    loop = asyncio.get_running_loop()
+    handle = loop.call_later(timeout, expire)
+    if isinstance(conn, BoundedConnection):
+        conn.deadline = loop.time() + timeout
     try:
         return await work
     except Exception as exc:
@@ -81,6 +119,8 @@ async def within(conn: Connection, work: Awaitable[T], timeout: float, what: str
         raise
     finally:
         handle.cancel()
+        if isinstance(conn, BoundedConnection):
+            conn.deadline = None
 
 
 async def fetch(
