@@ -19,6 +19,7 @@ from .exceptions import (
     EngineUnavailableError,
     InvalidConfigError,
     InvalidEngineError,
+    ServerFullError,
     ServerUnavailableError,
 )
 from .hooks import Hook, register_hook, unregister_hook
@@ -46,6 +47,7 @@ __all__ = [
     "Mailbox",
     "Option",
     "Requirement",
+    "ServerFullError",
     "ServerUnavailableError",
     "__version__",
     "available_engines",

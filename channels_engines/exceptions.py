@@ -6,7 +6,7 @@ already catching it keeps working.
 
 from __future__ import annotations
 
-from channels.exceptions import InvalidChannelLayerError
+from channels.exceptions import ChannelFull, InvalidChannelLayerError
 
 __all__ = [
     "AlreadyRegisteredError",
@@ -15,6 +15,7 @@ __all__ = [
     "EngineUnavailableError",
     "InvalidConfigError",
     "InvalidEngineError",
+    "ServerFullError",
     "ServerUnavailableError",
 ]
 
@@ -49,3 +50,11 @@ class ServerUnavailableError(ConnectionError):
     """The engine could not reach its server within its timeout (the server is down or
     unreachable, or refuses connections for now). The client library's error is chained
     as ``__cause__``. Trying again later may work; the settings may still be at fault."""
+
+
+class ServerFullError(ChannelFull):
+    """The server has no room left for what was sent (Redis at ``maxmemory`` under the
+    ``noeviction`` policy): nothing was stored. Raised by ``send()`` and ``group_add()``;
+    ``group_send()`` counts such members as missed, as it does full ones. It is a
+    ``ChannelFull``, so code that treats a full channel as back-pressure treats this so
+    too; receivers that take their messages free the room."""

@@ -1,6 +1,7 @@
 """Faults between the Redis engine and its server, injected for real: answers lost on a
 dying connection (through the fault proxy), every client killed again and again during
-traffic, a paused server, a restarted one. Messages whose send returned arrive once."""
+traffic, a paused server, a restarted one, a server out of memory. Messages whose send
+returned arrive once."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import asyncio
 from typing import Any
 
 import pytest
+from channels.exceptions import ChannelFull
 
-from channels_engines import EngineChannelLayer, ServerUnavailableError
+from channels_engines import EngineChannelLayer, ServerFullError, ServerUnavailableError
 from channels_engines.redis.keys import CLAIM, STORE, Keys
 from channels_engines.testing import engine_for
 from tests.support.faultproxy import FaultProxy
 from tests.support.pgtools import run
+from tests.support.polling import await_for
 from tests.support.redis_servers import RedisServer
 from tests.support.redis_traffic import COUNT, traffic_while_killing
 
@@ -229,3 +232,59 @@ def test_a_restarted_server_is_reported_and_traffic_resumes(redis_server: RedisS
     assert len(recovered) == 1
     # Nothing on disk: a restarted server kept none of the messages not yet received.
     assert recovered[0].may_have_missed
+
+
+def test_a_server_out_of_memory_refuses_writes_clearly_and_loses_nothing(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``maxmemory`` reached under ``noeviction``: send() and group_add() raise
+    ServerFullError (a ChannelFull) that names the cause, group_send() counts the members
+    it missed and says why; every message whose send returned is received once and in
+    order, from a process channel and a normal channel alike, and once the receivers have
+    taken them the server has room again."""
+    admin = redis_server.admin()
+    payload = "x" * 2000
+
+    async def scenario() -> None:
+        # Capacity far above what fits in memory: the server's memory runs out first.
+        sender = make(redis_server.url, capacity=100_000)
+        receiver = make(redis_server.url, capacity=100_000)
+        channel = await receiver.new_channel()
+        await receiver.group_add("room", channel)
+        admin.config_set("maxmemory-policy", "noeviction")
+        limit = int(admin.info("memory")["used_memory"]) + 1_000_000
+        admin.config_set("maxmemory", limit)
+        accepted: dict[str, list[int]] = {channel: [], "memory.normal": []}
+        refused: ServerFullError | None = None
+        for n in range(10_000):
+            target = channel if n % 2 else "memory.normal"
+            try:
+                await sender.send(target, {"n": n, "p": payload})
+            except ServerFullError as exc:
+                refused = exc
+                break
+            accepted[target].append(n)
+        assert refused is not None, "the server never ran out of memory"
+        assert isinstance(refused, ChannelFull)
+        assert "send() to" in str(refused)
+        assert "maxmemory" in str(refused)
+        with pytest.raises(ServerFullError, match=r"group_add\(\) was refused"):
+            await sender.group_add("room", "memory.other")
+        await sender.group_send("room", {"n": "group", "p": payload})
+        assert sender.events.get("group_send.dropped") == 1
+        assert "1 refused by a Redis server with no memory left" in caplog.text
+
+        for target, numbers in accepted.items():
+            got = [(await asyncio.wait_for(receiver.receive(target), 10))["n"] for _ in numbers]
+            assert got == numbers
+            assert await nothing_more(receiver, target)
+        await await_for(
+            lambda: int(admin.info("memory")["used_memory"]) < limit - 500_000,
+            "the receivers' deletions to free memory",
+        )
+        await sender.send(channel, {"n": "after"})
+        assert await asyncio.wait_for(receiver.receive(channel), 10) == {"n": "after"}
+        await sender.close()
+        await receiver.close()
+
+    run(scenario())

@@ -13,6 +13,9 @@ to the node named; ``ASK`` (a slot half moved) sends that one call to the import
 after ``ASKING``; ``TRYAGAIN`` and ``CLUSTERDOWN`` (a slot's keys being moved, a
 failover under way) are waited out like a lost connection. None of these ran the
 command, so a claim may be repeated after them.
+
+A write the server refuses for lack of memory is not repeated: the caller gets
+:class:`~channels_engines.ServerFullError` at once.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from ..exceptions import ServerUnavailableError
+from ..exceptions import ServerFullError, ServerUnavailableError
 from .keys import SCRIPTS, Script
 from .servers import Servers, redirection
 
@@ -56,6 +59,25 @@ def is_noscript(exc: BaseException) -> bool:
     from redis.exceptions import NoScriptError
 
     return isinstance(exc, NoScriptError)
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether the server refused a write for lack of memory (``maxmemory`` reached under
+    a policy that refuses writes; redis-py before 8 raises a plain ResponseError)."""
+    from redis.exceptions import OutOfMemoryError, ResponseError
+
+    return isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, ResponseError) and str(exc).startswith("OOM ")
+    )
+
+
+def server_full(*, what: str, where: str) -> ServerFullError:
+    """The error callers get when the server had no memory for what they wrote."""
+    return ServerFullError(
+        f"{where}: {what} was refused: the Redis server has no memory left (maxmemory "
+        "reached, and its maxmemory-policy refuses writes). Nothing was stored; receivers "
+        "that take their messages free memory, or raise maxmemory."
+    )
 
 
 async def load_scripts(client: Any) -> None:
@@ -159,6 +181,8 @@ async def call(
         try:
             return await work()
         except Exception as exc:
+            if out_of_memory(exc):
+                raise server_full(what=what, where=where) from exc
             if isinstance(exc, AuthenticationError):
                 if login_retried or refused is None or not refused():
                     raise

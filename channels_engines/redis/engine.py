@@ -136,9 +136,13 @@ class RedisEngine(BaseChannelEngine):
         queue = non_local_name(channel)
         local = channel[len(queue) :]
         item = Store(queue, local, self.config.capacity_for(channel), message)
-        (stored,) = await self._writer.store([item])
-        if not stored:
+        (outcome,) = await self._writer.store([item])
+        if outcome == "full":
             raise ChannelFull(channel)
+        if outcome == "no memory":
+            from .calls import server_full
+
+            raise server_full(what=f"send() to {channel!r}", where=self.config.where)
 
     async def receive(self, channel: str) -> bytes:
         mailbox = self.shared.inbox.mailbox
@@ -202,11 +206,12 @@ class RedisEngine(BaseChannelEngine):
         ]
         if not items:
             return 0
-        stored = await self._writer.store(items)
-        missed = len(items) - sum(stored)
-        if missed:
-            self.events.count("group_send.dropped", missed)
-            self._warn_dropped(group, missed, len(items))
+        outcomes = await self._writer.store(items)
+        full = outcomes.count("full")
+        no_memory = outcomes.count("no memory")
+        if full or no_memory:
+            self.events.count("group_send.dropped", full + no_memory)
+            self._warn_dropped(group, full, no_memory, len(items))
         return len(items)
 
     async def flush(self) -> None:
@@ -661,16 +666,23 @@ class RedisEngine(BaseChannelEngine):
         if not task.cancelled() and task.exception() is not None and not self._closed:
             logger.warning("Background work of the redis engine failed: %s", task.exception())
 
-    def _warn_dropped(self, group: str, missed: int, queues: int) -> None:
+    def _warn_dropped(self, group: str, full: int, no_memory: int, queues: int) -> None:
         now = time.monotonic()
-        message = (
-            "group_send to %r: %d of %d receiving queues were at capacity and missed the message."
-        )
+        message = "group_send to %r: %d of %d receiving queues missed the message (%s)."
+        reasons = []
+        if full:
+            reasons.append(f"{full} at capacity")
+        if no_memory:
+            reasons.append(
+                f"{no_memory} refused by a Redis server with no memory left: maxmemory "
+                "reached, and its maxmemory-policy refuses writes"
+            )
+        args = (group, full + no_memory, queues, "; ".join(reasons))
         if now - self._last_drop_warning >= _WARN_EVERY:
             self._last_drop_warning = now
-            logger.warning(message, group, missed, queues)
+            logger.warning(message, *args)
         else:
-            logger.debug(message, group, missed, queues)
+            logger.debug(message, *args)
 
 
 async def _unlink(client: Any, keys: list[Any]) -> None:

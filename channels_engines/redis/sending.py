@@ -11,6 +11,9 @@ while a pipeline is in flight, the server may have stored it and lost only the a
 the pipeline is then sent again on a fresh connection, and what was stored already is
 recognised and not stored twice. So a send whose connection dies returns normally, and
 the message arrives once.
+
+A server out of memory (``maxmemory`` under ``noeviction``) refuses a store script at its
+first write, so such a message is refused whole, like one at capacity.
 """
 
 from __future__ import annotations
@@ -21,17 +24,21 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..senders import Sender
-from .calls import call, is_noscript, load_scripts
+from .calls import call, is_noscript, load_scripts, out_of_memory
 from .keys import STORE, Keys
 from .servers import Servers, redirection
 
 if TYPE_CHECKING:
     from .notes import Notary
 
-__all__ = ["Store", "Writer"]
+__all__ = ["Outcome", "Store", "Writer"]
+
+#: What became of a message: stored, refused at its queue's capacity, or refused by a
+#: server with no memory left.
+Outcome = Literal["stored", "full", "no memory"]
 
 # Messages gathered into one pipeline at most.
 _BATCH = 500
@@ -48,7 +55,7 @@ class Store:
     payload: bytes
     seq: int = 0
     note: bytes = b""
-    future: asyncio.Future[bool] | None = field(default=None, init=False)
+    future: asyncio.Future[Outcome] | None = field(default=None, init=False)
 
     def done(self) -> bool:
         return self.future is not None and self.future.done()
@@ -91,8 +98,8 @@ class Writer:
         #: Store scripts run: one per queue per pipeline (for tests).
         self.scripts = 0
 
-    async def store(self, items: list[Store]) -> list[bool]:
-        """Store ``items``; for each, whether it was stored (False: its queue was full)."""
+    async def store(self, items: list[Store]) -> list[Outcome]:
+        """Store ``items``; for each, what became of it."""
         loop = asyncio.get_running_loop()
         for item in items:
             item.future = loop.create_future()
@@ -167,9 +174,12 @@ class Writer:
             if item.future is None or item.future.done():
                 continue
             if isinstance(result, Exception):
-                item.future.set_exception(result)
+                if out_of_memory(result):
+                    item.future.set_result("no memory")
+                else:
+                    item.future.set_exception(result)
             else:
-                item.future.set_result(result != 0)
+                item.future.set_result("stored" if result != 0 else "full")
 
     def _number(self, batch: list[Store]) -> None:
         """Sequence numbers (and notes) in the order the batch will be stored."""
