@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import psutil
 import pytest
 
-from channels_engines import EngineChannelLayer
+from channels_engines import EngineChannelLayer, ServerUnavailableError
 from channels_engines.hooks import ListenerLost, ListenerRecovered
 from channels_engines.postgres.embedded import EmbeddedPostgres
 from tests.support.faultproxy import FaultProxy, Trigger
@@ -727,6 +727,57 @@ def sockets_towards(proxy: FaultProxy) -> list[str]:
         for c in psutil.Process().net_connections(kind="tcp")
         if c.raddr and c.raddr.port == proxy.port
     ]
+
+
+def test_a_server_that_accepts_no_writes_is_waited_for_and_its_sessions_are_replaced(
+    net: Net,
+) -> None:
+    """The database turns read-only and every session is cut (a failover whose address
+    still leads to a node that can only read, or ``default_transaction_read_only``): the
+    sessions opened meanwhile stay read-only for life. A write waits for a session that
+    can write until ``pool_timeout``, then fails with ServerUnavailableError saying why
+    and what to set; read-only sessions are never used again, so once the server takes
+    writes the same layers send, join groups and deliver, every message once."""
+
+    def set_read_only(on: bool) -> None:
+        with net.admin() as admin:
+            admin.conn.execute("SET default_transaction_read_only = off")
+            value = "on" if on else "DEFAULT"
+            admin.conn.execute(
+                f"ALTER DATABASE {DATABASE} SET default_transaction_read_only = {value}"
+            )
+            if on:
+                admin.conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (DATABASE,),
+                )
+
+    async def scenario(history: History) -> None:
+        receiver = net.layer()
+        sender = net.layer()
+        channel = await receiver.new_channel()
+        await listening(receiver, channel, history)
+        set_read_only(True)
+        try:
+            with pytest.raises(ServerUnavailableError, match="accepts no writes") as caught:
+                await sender.group_add("readonly.group", channel)
+            assert "default_transaction_read_only" in str(caught.value)
+            assert "target_session_attrs=read-write" in str(caught.value)
+            writer = engine_of(sender)._writer
+            retries = writer.retries
+            waiting = asyncio.ensure_future(history.send(sender, channel, 1))
+            await await_for(lambda: writer.retries > retries + 2, "the send to retry", CALL)
+            assert not waiting.done()
+        finally:
+            set_read_only(False)
+        assert await waiting, "the send that waited was not acknowledged"
+        await sender.group_add("readonly.group", channel)
+        await history.send_all(sender, [channel], range(2, 12))
+        await history.delivered()
+        history.check()
+
+    net.run(scenario)
 
 
 def test_the_server_refusing_connections_while_the_listener_is_cut_off(net: Net) -> None:

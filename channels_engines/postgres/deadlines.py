@@ -27,10 +27,12 @@ import psycopg
 __all__ = [
     "BoundedConnection",
     "QueryTimeout",
+    "ServerReadOnly",
     "answers_within",
     "end_backend",
     "fetch",
     "outcome_unknown",
+    "read_only",
     "transaction",
     "within",
 ]
@@ -42,6 +44,8 @@ T = TypeVar("T")
 
 # SQLSTATEs after which a statement certainly did not commit: it may be sent again.
 _NOT_COMMITTED = frozenset({"57014", "40001", "40P01", "25P02"})
+# A write refused by a session that can only read.
+_READ_ONLY = "25006"
 
 
 class QueryTimeout(psycopg.OperationalError):
@@ -51,6 +55,21 @@ class QueryTimeout(psycopg.OperationalError):
         super().__init__(message)
         #: Server process of the abandoned session (it may still be running).
         self.backend_pid = backend_pid
+
+
+class ServerReadOnly(psycopg.OperationalError):
+    """Every session the engine could get until the deadline refused to write: the server
+    is a standby, or ``default_transaction_read_only`` was on when they began. Raised
+    from the last refusal, whose message it keeps."""
+
+    def __init__(self, cause: BaseException, *, seconds: float) -> None:
+        super().__init__(str(cause))
+        self.seconds = seconds
+
+
+def read_only(error: BaseException) -> bool:
+    """Whether ``error`` is a write refused by a session that can only read."""
+    return getattr(error, "sqlstate", None) == _READ_ONLY
 
 
 class BoundedConnection(psycopg.AsyncConnection[tuple[Any, ...]]):
@@ -116,6 +135,12 @@ async def within(conn: Connection, work: Awaitable[T], timeout: float, what: str
                 "abandoned (CONFIG['query_timeout'])",
                 pid,
             ) from exc
+        if read_only(exc) and not conn.closed:
+            # A session that began read-only (on a standby, or under
+            # default_transaction_read_only) stays so: closed, so that neither the pool
+            # nor the listener uses it again, and the next one is made afresh (after a
+            # failover, on the new primary).
+            await conn.close()
         raise
     finally:
         handle.cancel()

@@ -34,7 +34,7 @@ import psycopg
 
 from ..events import Events
 from ..validation import non_local_name, require_channel_name
-from .deadlines import QueryTimeout, end_backend, fetch, outcome_unknown, within
+from .deadlines import QueryTimeout, end_backend, fetch, outcome_unknown, read_only, within
 from .inbox import Inbox
 from .notes import Notary, Note
 from .schema import Statements
@@ -605,7 +605,7 @@ class Delivery:
     def _note_abandoned(self, exc: BaseException, conn: Connection, pid: int) -> None:
         if isinstance(exc, QueryTimeout) and exc.backend_pid:
             self._abandoned.add(exc.backend_pid)
-        elif conn.closed and pid:
+        elif conn.closed and pid and not read_only(exc):
             self._abandoned.add(pid)
 
     # Flushes -----------------------------------------------------------------------

@@ -624,12 +624,23 @@ class PostgresEngine(BaseChannelEngine):
     @contextlib.contextmanager
     def _reaching(self) -> Iterator[None]:
         """Callers get :class:`ServerUnavailableError`, not a psycopg error, when no
-        connection could be made in time; the engine's parts keep psycopg's errors."""
+        connection could be made in time, or none could write; the engine's parts keep
+        psycopg's errors."""
         try:
             yield
         except Exception as exc:
+            from .deadlines import ServerReadOnly
             from .pool import ConnectFailed
 
+            if isinstance(exc, ServerReadOnly):
+                raise ServerUnavailableError(
+                    f"{self.config.where}: the PostgreSQL server at "
+                    f"{self.shared.login.describe('pool')} accepts no writes, and did not "
+                    f"within {exc.seconds:g} s (CONFIG['pool_timeout']): it is a standby, or "
+                    f"default_transaction_read_only is on ({_first_line(exc)}). With several "
+                    "hosts in the connection settings, add target_session_attrs=read-write "
+                    "so that connections go to the primary."
+                ) from exc
             if not isinstance(exc, ConnectFailed):
                 raise
             raise ServerUnavailableError(

@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from ..senders import Sender, Senders
-from .deadlines import QueryTimeout, end_backend, fetch, outcome_unknown
+from .deadlines import (
+    QueryTimeout,
+    ServerReadOnly,
+    end_backend,
+    fetch,
+    outcome_unknown,
+    read_only,
+)
 from .schema import Statements
 
 if TYPE_CHECKING:
@@ -362,12 +369,14 @@ class Writer:
 
         If the connection breaks under it, the server session is ended (so that it cannot
         commit later) and ``work`` runs again on a fresh connection, as a retry, until the
-        call's deadline.
+        call's deadline. A session that can only read wrote nothing: ``work`` runs again
+        on a fresh one (after a failover, on the new primary), until the deadline.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._deadline
         failure: BaseException | None = None  # why the latest attempt's outcome is unknown
         abandoned: int | None = None  # a server session that may still commit it
+        refused: BaseException | None = None  # the latest refusal of a read-only session
         delay = _RETRY_FIRST
         while True:
             retry = failure is not None
@@ -379,6 +388,8 @@ class Writer:
                     "broke while it was in flight: it may or may not have been stored "
                     f"({_reason(failure)})"
                 ) from failure
+            if refused is not None and remaining <= 0:
+                raise ServerReadOnly(refused, seconds=self._deadline) from refused
             attempt = _Attempt()
             try:
                 async with self._connection(max(remaining, 0.001)) as conn:
@@ -399,6 +410,8 @@ class Writer:
                         abandoned = attempt.pid
                         if isinstance(exc, QueryTimeout) and exc.backend_pid:
                             abandoned = exc.backend_pid
+                elif read_only(exc):
+                    refused = exc
                 elif attempt.pid is not None or not retry or not _transient(exc):
                     # A definite failure of the write itself, or no connection at all
                     # before anything was sent: the caller learns it now.
