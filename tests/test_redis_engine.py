@@ -357,3 +357,34 @@ def test_the_layers_of_one_server_are_kept_apart_by_prefix(redis_server: RedisSe
         return got
 
     assert run(scenario()) == [{"from": "a"}, {"from": "b"}]
+
+
+def test_a_late_notice_of_its_own_flush_keeps_what_arrived_since(
+    shared_redis_server: RedisServer,
+) -> None:
+    """In a cluster the notice of a flush crosses the cluster bus, and can reach a
+    process after messages sent since the flush. The process that flushed emptied its
+    mailbox already: its own notice, however late, must not empty it again. (Delivered
+    late here on purpose: the notice is published again after the messages.)"""
+    admin = shared_redis_server.admin()
+
+    async def scenario() -> list[Any]:
+        layer = make(shared_redis_server, prefix=unique("ce_flush"))
+        channel = await layer.new_channel()
+        await layer.send(channel, {"n": 0})
+        assert await asyncio.wait_for(layer.receive(channel), 10) == {"n": 0}
+        await layer.flush()
+        await layer.send(channel, {"n": 1})
+        await layer.send(channel, {"n": 2})
+        assert await asyncio.wait_for(layer.receive(channel), 10) == {"n": 1}
+        engine = engine_for(layer)
+        queue = channel[: channel.index("!") + 1]
+        await await_for(lambda: engine.shared.mailbox.count(queue) == 1, "message 2 taken")
+        admin.publish(engine.shared.keys.flush, engine.shared.flush_mark)
+        # Published after the notice, on the same server: heard after it.
+        await layer.send(channel, {"n": 3})
+        got = [await asyncio.wait_for(layer.receive(channel), 10) for _ in range(2)]
+        await layer.close()
+        return got
+
+    assert run(scenario()) == [{"n": 2}, {"n": 3}]

@@ -76,6 +76,9 @@ class Inbox:
     #: message (a send retried across a failover, its first copy delivered from the old
     #: primary) carries a number already delivered.
     seen: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    #: Flushes seen: a read or claim that began before one drops what it found (the
+    #: flush deleted it, and it must not reach the mailbox after the flush emptied it).
+    epoch: int = 0
 
     def first_copy(self, queue: str, sender: str, seq: str, now: float) -> bool:
         """Whether this is the first copy of ``sender``'s message ``seq`` on ``queue``
@@ -113,6 +116,7 @@ class Inbox:
         """After a flush: nothing taken before it is delivered, and every stream is read
         from its start (a stream made again may reuse ids below a cursor)."""
         with self.lock:
+            self.epoch += 1
             self.mailbox.clear()
             self.cursors.clear()
             self.held.clear()
@@ -211,6 +215,7 @@ class Delivery:
                     room = self._capacity_for(queue) - inbox.mailbox.count(queue)
                     cursor = inbox.cursors.get(queue)
                     inbox.read_again.discard(queue)
+                    epoch = inbox.epoch
                 if room <= 0:
                     with inbox.lock:
                         inbox.backlog.add(queue)
@@ -227,6 +232,8 @@ class Delivery:
                     servers=servers,
                 )
                 with inbox.lock:
+                    if inbox.epoch != epoch:
+                        continue  # flushed meanwhile: read the stream made since
                     found, taken = self._accept_entries(queue, int(server_ms), entries)
                 # Deleted before they reach the mailbox: a receiver that takes one finds
                 # its capacity freed. (A lost answer is asked again; the read is not.)
@@ -342,6 +349,7 @@ class Delivery:
                 with inbox.lock:
                     inbox.claim_again.discard(queue)
                     unsure = queue in inbox.unsure
+                    epoch = inbox.epoch
                 wanted = inbox.mailbox.unserved(queue)
                 if wanted <= 0 and not unsure:
                     break
@@ -378,6 +386,8 @@ class Delivery:
                     servers=servers,
                 )
                 with inbox.lock:
+                    if inbox.epoch != epoch:
+                        continue  # flushed meanwhile: what it claimed is gone
                     ids = self._take_claimed(queue, int(server_ms), entries)
                     if unsure:
                         inbox.unsure.discard(queue)

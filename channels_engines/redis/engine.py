@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -232,10 +233,12 @@ class RedisEngine(BaseChannelEngine):
                 if batch:
                     await _unlink(client, batch)
             # Plain pub/sub: in a cluster too, every node passes it on.
-            await clients[0].publish(keys.flush, b"")
+            await clients[0].publish(keys.flush, self.shared.flush_mark)
 
         await self._call(flush, "flush()", call)
         self.shared.inbox.clear()
+        # What was sent since is read from each stream's start.
+        self._on_subscribed(list(self._watched))
 
     async def close(self) -> None:
         if self._closed:
@@ -466,6 +469,8 @@ class RedisEngine(BaseChannelEngine):
 
     def _on_message(self, channel: str, data: bytes) -> None:
         if channel == self.shared.keys.flush:
+            if data == self.shared.flush_mark:
+                return  # this process' own flush, done: what arrived since is kept
             # Another process flushed: what this one took before is gone, and what was
             # sent since is read again from each stream's start.
             self.shared.inbox.clear()
@@ -712,6 +717,9 @@ class _Shared:
     senders: Senders
     #: Connections the layer holds in this process, by purpose ("commands", "pubsub").
     connections: dict[str, int] = field(default_factory=dict)
+    #: What this process' flushes announce, so that it knows its own notices: one can
+    #: arrive after messages sent since (in a cluster it crosses the cluster bus).
+    flush_mark: bytes = field(default_factory=lambda: secrets.token_hex(8).encode())
 
     @property
     def mailbox(self) -> Any:
