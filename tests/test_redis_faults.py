@@ -155,18 +155,13 @@ def test_a_read_whose_answer_is_lost_loses_nothing(redis_server: RedisServer) ->
 def test_killing_every_client_repeatedly_loses_and_duplicates_nothing(
     redis_server: RedisServer,
 ) -> None:
-    async def scenario() -> tuple[dict[str, list[int]], int]:
-        # Capacity is not under test: the receiver falls behind while it reconnects.
-        sender = make(redis_server.url, pool_timeout=20.0, capacity=100_000)
-        receiver = make(redis_server.url, pool_timeout=20.0, capacity=100_000)
-        found = await traffic_while_killing(
-            sender, receiver, redis_server.kill_clients, group="killed", shared="killed.shared"
-        )
-        await sender.close()
-        await receiver.close()
-        return found
-
-    got, kills = run(scenario(), timeout=180)
+    traffic = traffic_while_killing(
+        lambda **options: make(redis_server.url, **options),
+        redis_server.kill_clients,
+        group="killed",
+        shared="killed.shared",
+    )
+    got, kills = run(traffic, timeout=180)
     assert kills >= 5, "the killer never caught a connection"
     for name in ("own", "shared", "group"):
         assert got[name] == list(range(COUNT)), name

@@ -14,6 +14,27 @@ COUNT = 300
 
 
 async def traffic_while_killing(
+    make_layer: Callable[..., EngineChannelLayer],
+    kill: Callable[[], int],
+    *,
+    group: str,
+    shared: str,
+) -> tuple[dict[str, list[int]], int]:
+    """Send :data:`COUNT` messages of each kind, from one layer to another (both made by
+    ``make_layer(**options)``), while a thread calls ``kill()`` (which returns how many
+    connections it killed) every 50 ms; the numbers that arrived, in order of arrival,
+    per kind ("own", "shared", "group"), and the kills."""
+    # Capacity is not under test: the receiver falls behind while it reconnects.
+    sender = make_layer(pool_timeout=20.0, capacity=100_000)
+    receiver = make_layer(pool_timeout=20.0, capacity=100_000)
+    try:
+        return await _traffic(sender, receiver, kill, group=group, shared=shared)
+    finally:
+        await sender.close()
+        await receiver.close()
+
+
+async def _traffic(
     sender: EngineChannelLayer,
     receiver: EngineChannelLayer,
     kill: Callable[[], int],
@@ -21,9 +42,6 @@ async def traffic_while_killing(
     group: str,
     shared: str,
 ) -> tuple[dict[str, list[int]], int]:
-    """Send :data:`COUNT` messages of each kind while a thread calls ``kill()`` (which
-    returns how many connections it killed) every 50 ms; the numbers that arrived, in
-    order of arrival, per kind ("own", "shared", "group"), and the kills."""
     stop = threading.Event()
     kills = 0
 
